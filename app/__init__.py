@@ -1,0 +1,1 @@
+"""sweeplab server side: settings, database, models, services and the FastAPI app."""

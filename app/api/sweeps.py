@@ -1,0 +1,129 @@
+"""/api/sweeps: submit (JSON or YAML), list, read, cancel, retry; a sweep's runs and configs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Query, Request, status
+
+from app.api.deps import EngineDep, Guarded, SettingsDep
+from app.datasets import check_available
+from app.errors import InvalidSpec, PayloadTooLarge
+from app.models import RunStatus
+from app.schemas import ConfigPublic, RunPublic, SweepPublic
+from app.services import runs as run_service
+from app.services import sweeps as sweep_service
+
+router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+MAX_YAML_NODES = 100_000
+
+
+def _bounded_yaml(text: str) -> Any:
+    """Parse YAML safely: no Python objects, and no alias bombs (anchors are refused outright)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        stack, count = [node], 0
+        while stack:
+            n = stack.pop()
+            count += 1
+            if getattr(n, "anchor", None):
+                raise InvalidSpec("YAML anchors and aliases are not accepted in sweep specs")
+            if count > MAX_YAML_NODES:
+                raise InvalidSpec("the YAML document is too large")
+            if isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    stack += [k, v]
+            elif isinstance(n, yaml.SequenceNode):
+                stack += n.value
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(f"not valid YAML: {str(exc)[:300]}") from None
+    finally:
+        loader.dispose()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing it with 413 as soon as it passes LIMIT bytes (chunked uploads too)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _spec_data(request: Request, limit: int) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request, limit)
+    if ctype in YAML_TYPES:
+        return _bounded_yaml(body.decode("utf-8", errors="replace"))
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise InvalidSpec(f"the body is not valid JSON: {exc}") from None
+
+
+SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SweepSpec"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepPublic, dependencies=Guarded,
+             openapi_extra=SPEC_BODY, responses={422: {"description": "invalid spec"}})
+async def create_sweep(request: Request, engine: EngineDep, settings: SettingsDep) -> SweepPublic:
+    """Submit a sweep spec (JSON, or YAML with content-type application/yaml); queues every run."""
+    spec = sweep_service.parse_spec(await _spec_data(request, settings.max_body_bytes))
+    for dataset in {spec.dataset, *spec.grid.get("dataset", [])}:
+        reason = check_available(str(dataset), settings.data_dir)
+        if reason:
+            raise InvalidSpec(f"dataset: {reason}")
+    return sweep_service.create_sweep(engine, spec, settings.max_runs_per_sweep, settings.max_attempts)
+
+
+@router.get("", response_model=list[SweepPublic])
+def list_sweeps(engine: EngineDep, study: str | None = None, status: RunStatus | None = None,
+                limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[SweepPublic]:
+    """Sweeps, newest first; filter by study, or by a status some of its runs have."""
+    return sweep_service.list_sweeps(engine, study, status.value if status else None, limit, offset)
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic)
+def read_sweep(sweep_id: int, engine: EngineDep) -> SweepPublic:
+    return sweep_service.read_sweep(engine, sweep_id)
+
+
+@router.get("/{sweep_id}/runs", response_model=list[RunPublic])
+def list_sweep_runs(sweep_id: int, engine: EngineDep, status: RunStatus | None = None,
+                    config_id: int | None = None, limit: int = Query(10_000, ge=1, le=10_000),
+                    offset: int = Query(0, ge=0)) -> list[RunPublic]:
+    return run_service.list_runs(engine, sweep_id, status.value if status else None, config_id, limit, offset)
+
+
+@router.get("/{sweep_id}/configs", response_model=list[ConfigPublic])
+def list_sweep_configs(sweep_id: int, engine: EngineDep) -> list[ConfigPublic]:
+    return sweep_service.list_configs(engine, sweep_id)
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=Guarded)
+def cancel_sweep(sweep_id: int, engine: EngineDep) -> SweepPublic:
+    """Cancel every queued run now and ask running ones to stop within an epoch."""
+    return sweep_service.cancel_sweep(engine, sweep_id)
+
+
+@router.post("/{sweep_id}/retry", response_model=SweepPublic, dependencies=Guarded)
+def retry_sweep(sweep_id: int, engine: EngineDep) -> SweepPublic:
+    """Queue the sweep's failed and cancelled runs again, from scratch."""
+    return sweep_service.retry_failed(engine, sweep_id)

@@ -1,0 +1,56 @@
+"""Settings read by server, worker and CLI alike (environment prefix SWEEPLAB_, optional .env)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_pack_size() -> int:
+    """Runs per packed model: bounded by memory so a pack of wide models still fits comfortably."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 10
+    return 10 if total >= 4 * 2**30 else 4
+
+
+class Settings(BaseSettings):
+    """Every knob of sweeplab; each field is the env var SWEEPLAB_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SWEEPLAB_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./sweeplab-data/sweeplab.db",
+        description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://user@host/db",
+    )
+    data_dir: Path = Field(default=Path("./sweeplab-data/datasets"), description="where <dataset>.npz live")
+    artifacts_dir: Path = Field(default=Path("./sweeplab-data/artifacts"), description="worker's model files")
+    api_token: SecretStr | None = Field(default=None, description="bearer token required for changes")
+    lease_seconds: float = Field(default=60.0, gt=0, description="a claimed run's lease")
+    heartbeat_seconds: float = Field(default=10.0, gt=0, description="how often a worker renews leases")
+    reap_seconds: float = Field(default=15.0, gt=0, description="how often a worker requeues expired leases")
+    poll_seconds: float = Field(default=1.0, gt=0, description="idle worker's wait between claims")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="claims before a dying run is failed")
+    pack_size: int = Field(default_factory=_default_pack_size, ge=1, le=256, description="runs per model")
+    max_runs_per_sweep: int = Field(default=10_000, ge=1, description="largest sweep accepted")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
+    trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")
+    tf_threads: int = Field(default=0, ge=0, description="TensorFlow intra-op threads (0: TF decides)")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache after changing the environment)."""
+    return Settings()

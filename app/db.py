@@ -1,0 +1,110 @@
+"""Engines and sessions for SQLite (WAL, BEGIN IMMEDIATE for writes) and PostgreSQL.
+
+SQLite: the driver runs in autocommit mode and we emit BEGIN ourselves (SQLAlchemy's documented
+recipe for pysqlite), so every transaction that may write starts with BEGIN IMMEDIATE and waits on
+the busy timeout instead of failing with "database is locked" when it later tries to write.
+Read-only sessions (`read_session`) use a plain deferred BEGIN, which never blocks in WAL mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.types import Float
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+class db_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it stands for
+    """The database clock as Unix seconds (float): workers never trust their own clocks."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return "(extract(epoch from clock_timestamp())::float8)"
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        readonly = conn.get_execution_options().get("sweeplab_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for URL with sweeplab's connection settings."""
+    if url.startswith("sqlite"):
+        _prepare_sqlite_file(url)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for URL (created once)."""
+    with _engines_lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+        return _engines[url]
+
+
+def dispose_engines() -> None:
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A short transaction that may write: commits on success, rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A read-only transaction (never takes SQLite's write lock)."""
+    with engine.connect().execution_options(sweeplab_readonly=True) as conn:
+        with Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

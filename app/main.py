@@ -1,0 +1,74 @@
+"""The FastAPI application: API routers, pages, static files, error handlers, body limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.api import health, runs, stream, sweeps
+from app.config import PROJECT_ROOT, Settings, get_settings
+from app.db import get_engine
+from app.errors import error_body, install_error_handlers
+from app.services.queue import reap_expired
+from app.spec import SweepSpec
+
+log = logging.getLogger("sweeplab.server")
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                                 description=app.description)
+            spec_schema = SweepSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec_schema.pop("$defs", {}))
+            components["SweepSpec"] = spec_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = get_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaped = reap_expired(engine)  # runs left by workers that died while the server was down
+        if reaped.requeued or reaped.failed:
+            log.info("requeued %d and failed %d runs with expired leases", len(reaped.requeued), len(reaped.failed))
+        yield
+
+    app = FastAPI(title="sweeplab", version="0.1.0", lifespan=lifespan,
+                  description="Run, watch and compare many trainings of small Keras models.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates"))
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(error_body("payload_too_large",
+                                           f"request body over {settings.max_body_bytes} bytes"), status_code=413)
+        return await call_next(request)
+
+    for router in (health.router, sweeps.router, runs.router, stream.router):
+        app.include_router(router)
+    from app import pages
+
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

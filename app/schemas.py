@@ -1,0 +1,98 @@
+"""What the API answers: plain pydantic models built from rows by the services."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def iso(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=UTC) if ts is not None else None
+
+
+class StatusCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running + self.succeeded + self.failed + self.cancelled
+
+    @property
+    def active(self) -> int:
+        return self.queued + self.running
+
+
+class ConfigPublic(BaseModel):
+    id: int
+    sweep_id: int
+    position: int
+    key: str
+    label: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+
+
+class SweepPublic(BaseModel):
+    id: int
+    name: str
+    study: str | None
+    dataset: str
+    runs: int = Field(description="number of runs the sweep expanded to")
+    configs: int
+    created_at: datetime | None
+    status_counts: StatusCounts
+    spec: dict[str, Any]
+
+
+class RunPublic(BaseModel):
+    id: int
+    sweep_id: int
+    config_id: int
+    config_label: str
+    config: dict[str, Any]
+    params: dict[str, Any]
+    seed: int
+    status: str
+    source: str
+    attempt: int
+    max_attempts: int
+    epochs: int
+    last_epoch: int
+    cancel_requested: bool
+    worker: str | None
+    error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    train_seconds: float
+
+
+class Series(BaseModel):
+    epochs: list[int]
+    values: list[float | None]
+
+
+class RunMetrics(BaseModel):
+    run_id: int
+    series: dict[str, Series]
+
+
+class ArtifactInfo(BaseModel):
+    name: str
+    content_type: str
+    size: int
+    url: str
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    schema_revision: str | None
+    version: str

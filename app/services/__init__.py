@@ -1,0 +1,1 @@
+"""Queries and state changes shared by the server and the workers; routes and workers call these."""

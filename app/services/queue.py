@@ -1,0 +1,257 @@
+"""The run queue: claim, heartbeat, record an epoch, finish, release, reap.
+
+Every write a worker makes for a run is *fenced*: it carries `lease_token = :token AND status =
+'running'`; if it updates nothing the worker has lost the run and must stop. Metric inserts are
+idempotent on (run_id, key, epoch). All timestamps come from the database clock. See
+RELIABILITY.md in the project's design notes; every function here is one short transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db import db_now, read_session, write_session
+from app.models import Artifact, Checkpoint, Config, Metric, Run, RunEvent, RunStatus
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run this worker holds: what to train and the token that fences its writes."""
+
+    run_id: int
+    sweep_id: int
+    config_id: int
+    seed: int
+    attempt: int
+    last_epoch: int
+    epochs: int
+    token: str
+    train: dict[str, Any]
+
+
+class WriteOutcome(Enum):
+    OK = "ok"
+    CANCEL_REQUESTED = "cancel_requested"
+    LOST = "lost"  # the lease is gone: someone else owns the run, or it ended
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _fence(run_id: int, token: str) -> Any:
+    return and_(Run.id == run_id, Run.lease_token == token, Run.status == RunStatus.RUNNING.value)
+
+
+def _event(session: Session, run_id: int, kind: str, worker_id: str | None = None,
+           epoch: int | None = None, message: str | None = None) -> None:
+    session.add(RunEvent(run_id=run_id, kind=kind, worker_id=worker_id, epoch=epoch, message=message))
+
+
+def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float) -> list[Claim]:
+    """Atomically claim the oldest queued run and up to limit-1 more of its config at the same
+    epoch (a pack). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN IMMEDIATE."""
+    token = uuid.uuid4().hex
+    queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == "queue")
+    with write_session(engine) as s:
+        head = s.execute(
+            select(Run.config_id, Run.last_epoch).where(queued).order_by(Run.id).limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if head is None:
+            return []
+        picked = (
+            select(Run.id)
+            .where(queued, Run.config_id == head.config_id, Run.last_epoch == head.last_epoch)
+            .order_by(Run.id).limit(max(1, limit))
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(s.scalars(picked))
+        rows = s.execute(
+            update(Run).where(Run.id.in_(ids), Run.status == RunStatus.QUEUED.value)
+            .values(status=RunStatus.RUNNING.value, worker_id=worker_id, lease_token=token,
+                    attempt=Run.attempt + 1, lease_expires_at=db_now() + lease_seconds,
+                    heartbeat_at=db_now(), started_at=db_now())
+            .returning(Run.id, Run.sweep_id, Run.config_id, Run.seed, Run.attempt, Run.last_epoch, Run.epochs)
+        ).all()
+        if not rows:
+            return []
+        train = s.scalar(select(Config.train).where(Config.id == head.config_id)) or {}
+        for r in rows:
+            kind = "resumed" if r.last_epoch >= 0 else "claimed"
+            _event(s, r.id, kind, worker_id, r.last_epoch if r.last_epoch >= 0 else None,
+                   f"attempt {r.attempt}")
+    return sorted(
+        (Claim(r.id, r.sweep_id, r.config_id, r.seed, r.attempt, r.last_epoch, r.epochs, token, train)
+         for r in rows),
+        key=lambda c: c.run_id,
+    )
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+def heartbeat(engine: Engine, claims: list[Claim], lease_seconds: float) -> dict[int, LeaseState]:
+    """Renew the leases of CLAIMS; tells, per run, whether it is still held and if cancel was asked."""
+    if not claims:
+        return {}
+    token = claims[0].token
+    ids = [c.run_id for c in claims]
+    with write_session(engine) as s:
+        rows = s.execute(
+            update(Run)
+            .where(Run.id.in_(ids), Run.lease_token == token, Run.status == RunStatus.RUNNING.value)
+            .values(lease_expires_at=db_now() + lease_seconds, heartbeat_at=db_now())
+            .returning(Run.id, Run.cancel_requested)
+        ).all()
+    held = {r.id: bool(r.cancel_requested) for r in rows}
+    return {i: LeaseState(i in held, held.get(i, False)) for i in ids}
+
+
+def _clean(value: float) -> float | None:
+    """NaN cannot be stored in SQLite's REAL: it is stored as NULL (and read back as NaN)."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _put_artifacts(s: Session, run_id: int, artifacts: Mapping[str, tuple[str, bytes]]) -> None:
+    ins = _insert(s)
+    for name, (content_type, data) in artifacts.items():
+        stmt = ins(Artifact).values(run_id=run_id, name=name, content_type=content_type, data=data,
+                                    created_at=db_now())
+        s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "name"],
+                                             set_={"data": data, "content_type": content_type}))
+
+
+def record_epoch(
+    engine: Engine,
+    claim: Claim,
+    epoch: int,
+    metrics: Mapping[str, float],
+    checkpoint: bytes | None,
+    lease_seconds: float,
+    seconds: float = 0.0,
+    artifacts: Mapping[str, tuple[str, bytes]] | None = None,
+) -> WriteOutcome:
+    """Store one finished epoch of one run in one fenced transaction: metrics (idempotent),
+    last_epoch, checkpoint and any artifacts. Renews the lease as a heartbeat does."""
+    with write_session(engine) as s:
+        row = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token))
+            .values(last_epoch=epoch, train_seconds=Run.train_seconds + seconds,
+                    lease_expires_at=db_now() + lease_seconds, heartbeat_at=db_now())
+            .returning(Run.cancel_requested)
+        ).first()
+        if row is None:
+            return WriteOutcome.LOST
+        ins = _insert(s)
+        values = [{"run_id": claim.run_id, "key": k, "epoch": epoch, "value": _clean(v), "created_at": db_now()}
+                  for k, v in metrics.items()]
+        if values:
+            s.execute(ins(Metric).values(values).on_conflict_do_nothing(index_elements=["run_id", "key", "epoch"]))
+        if checkpoint is not None:
+            stmt = ins(Checkpoint).values(run_id=claim.run_id, epoch=epoch, data=checkpoint, updated_at=db_now())
+            s.execute(stmt.on_conflict_do_update(index_elements=["run_id"],
+                                                 set_={"epoch": epoch, "data": checkpoint, "updated_at": db_now()}))
+        if artifacts:
+            _put_artifacts(s, claim.run_id, artifacts)
+    return WriteOutcome.CANCEL_REQUESTED if row.cancel_requested else WriteOutcome.OK
+
+
+def finish_run(
+    engine: Engine,
+    claim: Claim,
+    status: RunStatus,
+    error: str | None = None,
+    artifacts: Mapping[str, tuple[str, bytes]] | None = None,
+) -> bool:
+    """End a held run in a final state (fenced); False if the lease was already lost."""
+    with write_session(engine) as s:
+        done = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token))
+            .values(status=status.value, error=error, finished_at=db_now(),
+                    lease_token=None, lease_expires_at=None)
+            .returning(Run.id)
+        ).first()
+        if done is None:
+            return False
+        if artifacts:
+            _put_artifacts(s, claim.run_id, artifacts)
+        if status == RunStatus.SUCCEEDED:  # its model artifact supersedes the checkpoint
+            s.execute(delete(Checkpoint).where(Checkpoint.run_id == claim.run_id))
+        _event(s, claim.run_id, status.value, None, None, error)
+    return True
+
+
+def release_run(engine: Engine, claim: Claim, reason: str = "worker stopping") -> bool:
+    """Give a held run back to the queue (graceful shutdown); the claim does not count as an attempt."""
+    with write_session(engine) as s:
+        done = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token))
+            .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None,
+                    lease_expires_at=None, attempt=Run.attempt - 1)
+            .returning(Run.id)
+        ).first()
+        if done is not None:
+            _event(s, claim.run_id, "released", None, None, reason)
+    return done is not None
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    requeued: list[int]
+    failed: list[int]
+    cancelled: list[int]
+
+
+def reap_expired(engine: Engine) -> ReapResult:
+    """Return runs whose lease expired to the queue (or fail them after max_attempts, or cancel
+    them if cancel was asked). Safe to run from many processes at once: the loser changes nothing."""
+    expired = and_(Run.status == RunStatus.RUNNING.value, Run.source == "queue",
+                   Run.lease_expires_at < db_now())
+    with write_session(engine) as s:
+        cancelled = list(s.scalars(
+            update(Run).where(expired, Run.cancel_requested.is_(True))
+            .values(status=RunStatus.CANCELLED.value, finished_at=db_now(), lease_token=None,
+                    lease_expires_at=None)
+            .returning(Run.id)
+        ))
+        failed = list(s.scalars(
+            update(Run).where(expired, Run.attempt >= Run.max_attempts)
+            .values(status=RunStatus.FAILED.value, finished_at=db_now(), lease_token=None, lease_expires_at=None,
+                    error="the worker running it stopped answering (lease expired) on every one of its "
+                          "attempts; the run may crash its process (e.g. out of memory)")
+            .returning(Run.id)
+        ))
+        requeued = list(s.scalars(
+            update(Run).where(expired)
+            .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None, lease_expires_at=None)
+            .returning(Run.id)
+        ))
+        for ids, kind in ((cancelled, "cancelled"), (failed, "failed"), (requeued, "requeued")):
+            for run_id in ids:
+                _event(s, run_id, kind, None, None, "lease expired")
+    return ReapResult(requeued, failed, cancelled)
+
+
+def load_checkpoint(engine: Engine, run_id: int) -> tuple[int, bytes] | None:
+    with read_session(engine) as s:
+        row = s.execute(select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.run_id == run_id)).first()
+    return (row.epoch, row.data) if row else None
+
+
+def claim_is_cancelled(engine: Engine, claim: Claim) -> bool:
+    with read_session(engine) as s:
+        return bool(s.scalar(select(Run.cancel_requested).where(Run.id == claim.run_id)))

@@ -1,0 +1,148 @@
+"""Sweeps: create from a spec (expanding configs and runs), list, read, cancel, retry."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from app.db import db_now, read_session, write_session
+from app.errors import InvalidSpec, SweepNotFound
+from app.models import Artifact, Checkpoint, Config, Metric, Run, RunStatus, Sweep
+from app.schemas import ConfigPublic, StatusCounts, SweepPublic, iso
+from app.spec import SweepSpec, describe_params
+
+INSERT_CHUNK = 1000
+
+
+def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: int) -> SweepPublic:
+    """Store the sweep, one config per grid combination and one queued run per (config, seed)."""
+    n = spec.run_count()
+    if n > max_runs:
+        raise InvalidSpec(f"the sweep expands to {n} runs; this server accepts at most {max_runs} per sweep")
+    configs = spec.expand()
+    seeds = spec.seed_list()
+    with write_session(engine) as s:
+        sweep = Sweep(name=spec.name, study=spec.study, dataset=spec.dataset,
+                      spec=spec.model_dump(mode="json", exclude_none=True), run_count=n)
+        s.add(sweep)
+        s.flush()
+        rows = []
+        for position, cfg in enumerate(configs):
+            config = Config(sweep_id=sweep.id, position=position, key=cfg.key, label=describe_params(cfg.params),
+                            params=cfg.params, train=cfg.train.model_dump(mode="json"))
+            s.add(config)
+            s.flush()
+            rows += [{"sweep_id": sweep.id, "config_id": config.id, "seed": seed, "epochs": cfg.train.epochs,
+                      "max_attempts": max_attempts} for seed in seeds]
+        for i in range(0, len(rows), INSERT_CHUNK):
+            s.execute(insert(Run).values(
+                [{**r, "status": RunStatus.QUEUED.value, "source": "queue", "attempt": 0, "last_epoch": -1,
+                  "cancel_requested": False, "train_seconds": 0.0, "created_at": db_now()}
+                 for r in rows[i:i + INSERT_CHUNK]]
+            ))
+        sweep_id = sweep.id
+    return read_sweep(engine, sweep_id)
+
+
+def _counts(engine: Engine, sweep_ids: list[int]) -> dict[int, StatusCounts]:
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    if sweep_ids:
+        with read_session(engine) as s:
+            rows = s.execute(
+                select(Run.sweep_id, Run.status, func.count())
+                .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status)
+            ).all()
+        for sweep_id, status, n in rows:
+            out[sweep_id][status] = n
+    return {i: StatusCounts(**out.get(i, {})) for i in sweep_ids}
+
+
+def _public(sweep: Sweep, counts: StatusCounts, n_configs: int) -> SweepPublic:
+    return SweepPublic(id=sweep.id, name=sweep.name, study=sweep.study, dataset=sweep.dataset,
+                       runs=counts.total or sweep.run_count, configs=n_configs, created_at=iso(sweep.created_at),
+                       status_counts=counts, spec=sweep.spec)
+
+
+def _config_counts(engine: Engine, sweep_ids: list[int]) -> dict[int, int]:
+    if not sweep_ids:
+        return {}
+    with read_session(engine) as s:
+        rows = s.execute(select(Config.sweep_id, func.count()).where(Config.sweep_id.in_(sweep_ids))
+                         .group_by(Config.sweep_id)).all()
+    return {sweep_id: n for sweep_id, n in rows}
+
+
+def list_sweeps(engine: Engine, study: str | None = None, status: str | None = None,
+                limit: int = 200, offset: int = 0) -> list[SweepPublic]:
+    """Newest first; `status` keeps sweeps that have at least one run in that status."""
+    with read_session(engine) as s:
+        q = select(Sweep).order_by(Sweep.id.desc())
+        if study is not None:
+            q = q.where(Sweep.study == study)
+        if status is not None:
+            q = q.where(Sweep.id.in_(select(Run.sweep_id).where(Run.status == status)))
+        sweeps = list(s.scalars(q.limit(limit).offset(offset)))
+    ids = [sw.id for sw in sweeps]
+    counts, n_configs = _counts(engine, ids), _config_counts(engine, ids)
+    return [_public(sw, counts[sw.id], n_configs.get(sw.id, 0)) for sw in sweeps]
+
+
+def get_sweep_row(engine: Engine, sweep_id: int) -> Sweep:
+    with read_session(engine) as s:
+        sweep = s.get(Sweep, sweep_id)
+    if sweep is None:
+        raise SweepNotFound(sweep_id)
+    return sweep
+
+
+def read_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
+    sweep = get_sweep_row(engine, sweep_id)
+    return _public(sweep, _counts(engine, [sweep_id])[sweep_id], _config_counts(engine, [sweep_id]).get(sweep_id, 0))
+
+
+def list_configs(engine: Engine, sweep_id: int) -> list[ConfigPublic]:
+    get_sweep_row(engine, sweep_id)
+    with read_session(engine) as s:
+        rows = s.scalars(select(Config).where(Config.sweep_id == sweep_id).order_by(Config.position)).all()
+    return [ConfigPublic(id=c.id, sweep_id=c.sweep_id, position=c.position, key=c.key, label=c.label,
+                         params=c.params, config=c.train) for c in rows]
+
+
+def cancel_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
+    """Queued runs end cancelled now; running runs are asked to stop (within an epoch)."""
+    get_sweep_row(engine, sweep_id)
+    with write_session(engine) as s:
+        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.QUEUED.value)
+                  .values(status=RunStatus.CANCELLED.value, finished_at=db_now()))
+        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.RUNNING.value)
+                  .values(cancel_requested=True))
+    return read_sweep(engine, sweep_id)
+
+
+def retry_failed(engine: Engine, sweep_id: int) -> SweepPublic:
+    """Queue the sweep's failed and cancelled runs again, from scratch (their old epochs go)."""
+    get_sweep_row(engine, sweep_id)
+    with write_session(engine) as s:
+        ids = list(s.scalars(select(Run.id).where(
+            Run.sweep_id == sweep_id, Run.source == "queue",
+            Run.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]))))
+        for table in (Metric, Artifact, Checkpoint):
+            s.execute(delete(table).where(table.run_id.in_(ids)))
+        s.execute(update(Run).where(Run.id.in_(ids))
+                  .values(status=RunStatus.QUEUED.value, attempt=0, error=None, cancel_requested=False,
+                          finished_at=None, started_at=None, worker_id=None, last_epoch=-1, train_seconds=0.0))
+    return read_sweep(engine, sweep_id)
+
+
+def parse_spec(data: Any) -> SweepSpec:
+    """Validate a spec from JSON or YAML data; InvalidSpec names the failing field."""
+    from pydantic import ValidationError
+
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        fields = [{"loc": ".".join(str(p) for p in e["loc"]) or "spec", "msg": e["msg"]} for e in exc.errors()]
+        message = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields[:5])
+        raise InvalidSpec(message, fields) from None

@@ -1,0 +1,231 @@
+"""The sweep spec (what a user submits) and its expansion into configs and runs.
+
+A spec describes one model and training set-up; `grid` names dotted paths into the spec with the
+values to try. Every grid combination is a config; every (config, seed) is a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_RUNS_PER_SWEEP = 10_000
+MAX_HIDDEN_LAYERS = 10
+MAX_WIDTH = 8192
+MAX_EPOCHS = 1000
+MAX_SEEDS = 1000
+MAX_GRID_VALUES = 1000
+
+Dataset = Literal["mnist", "fashion_mnist"]
+Activation = Literal["relu", "sigmoid", "tanh", "linear"]
+OutputActivation = Literal["softmax", "relu", "sigmoid", "linear"]
+Loss = Literal["sparse_categorical_crossentropy", "mse"]
+OptimizerName = Literal["sgd", "adam", "rmsprop"]
+
+# Keras' default learning rates, used when a spec leaves it out.
+DEFAULT_LEARNING_RATE: dict[str, float] = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001}
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Limit(_Strict):
+    """Use only the first `train` training and `test` test examples (a quick look)."""
+
+    train: int | None = Field(default=None, ge=1, le=10_000_000)
+    test: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class ModelSpec(_Strict):
+    """Flatten(28x28) -> Dense(w, activation) for w in hidden -> Dense(10, output_activation)."""
+
+    hidden: list[Width] = Field(default_factory=lambda: [32], max_length=MAX_HIDDEN_LAYERS)
+    activation: Activation = "relu"
+    output_activation: OutputActivation = "softmax"
+
+
+class OptimizerSpec(_Strict):
+    name: OptimizerName = "adam"
+    learning_rate: float | None = Field(default=None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _default_rate(self) -> OptimizerSpec:
+        if self.learning_rate is None:
+            # Bypass field tracking so `model_fields_set` still tells whether the user chose a rate.
+            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATE[self.name])
+        return self
+
+
+class TrainSpec(_Strict):
+    """Everything one training run needs except its seed: a config."""
+
+    dataset: Dataset = "mnist"
+    limit: Limit | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: Loss = "sparse_categorical_crossentropy"
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+
+
+class SweepSpec(TrainSpec):
+    """A sweep: a base config, the seeds to replicate over and the grid of settings to vary."""
+
+    name: str = Field(min_length=1, max_length=200)
+    study: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=5000)
+    replicates: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, max_length=MAX_SEEDS)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("name", "study")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip() if value is not None else None
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one seed")
+            if len(set(value)) != len(value):
+                raise ValueError("seeds must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _check_seeds_and_grid(self) -> SweepSpec:
+        if self.replicates is not None and self.seeds is not None:
+            raise ValueError("give either replicates or seeds, not both")
+        if self.replicates is None and self.seeds is None:
+            self.replicates = 1
+        for path, values in self.grid.items():
+            _check_grid_axis(path, values)
+        n = len(self.seed_list()) * math.prod(len(v) for v in self.grid.values())
+        if n > MAX_RUNS_PER_SWEEP:
+            raise ValueError(f"the sweep expands to {n} runs; at most {MAX_RUNS_PER_SWEEP} are allowed")
+        # Validate every combination now, so a bad grid value is reported at submit time.
+        for combo in self.combinations():
+            try:
+                TrainSpec.model_validate(_apply(self.base_dict(), combo))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"grid value {combo} makes {where} invalid: {err['msg']}") from None
+        return self
+
+    def seed_list(self) -> list[int]:
+        if self.seeds is not None:
+            return list(self.seeds)
+        return list(range(self.replicates or 1))
+
+    def base_dict(self) -> dict[str, Any]:
+        """The spec's own training settings as a plain dict (no name, seeds or grid)."""
+        out = self.model_dump(include=set(TrainSpec.model_fields), mode="json")
+        if "learning_rate" not in self.optimizer.model_fields_set:
+            # Each swept optimizer then gets its own Keras default rate.
+            del out["optimizer"]["learning_rate"]
+        return out
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """Grid combinations in a stable order: each is {dotted path: value}."""
+        if not self.grid:
+            return [{}]
+        paths = list(self.grid)
+        return [dict(zip(paths, values, strict=True)) for values in itertools.product(*self.grid.values())]
+
+    def expand(self) -> list[ExpandedConfig]:
+        """Every config of the sweep with its resolved training settings."""
+        out = []
+        for combo in self.combinations():
+            train = TrainSpec.model_validate(_apply(self.base_dict(), combo))
+            out.append(ExpandedConfig(params=combo, train=train))
+        return out
+
+    def run_count(self) -> int:
+        return len(self.seed_list()) * len(self.combinations())
+
+
+GRID_PATHS: frozenset[str] = frozenset(
+    {
+        "dataset",
+        "loss",
+        "epochs",
+        "batch_size",
+        "limit.train",
+        "limit.test",
+        "model.hidden",
+        "model.activation",
+        "model.output_activation",
+        "optimizer.name",
+        "optimizer.learning_rate",
+    }
+)
+
+
+def _check_grid_axis(path: str, values: list[Any]) -> None:
+    if path not in GRID_PATHS:
+        raise ValueError(f"grid: unknown path {path!r}; choose from {', '.join(sorted(GRID_PATHS))}")
+    if not values:
+        raise ValueError(f"grid.{path}: give at least one value")
+    if len(values) > MAX_GRID_VALUES:
+        raise ValueError(f"grid.{path}: at most {MAX_GRID_VALUES} values")
+    seen = set()
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"grid.{path}: {v} is not a finite number")
+        key = json.dumps(v, sort_keys=True)
+        if key in seen:
+            raise ValueError(f"grid.{path}: value {v!r} is listed twice")
+        seen.add(key)
+
+
+def _apply(base: dict[str, Any], combo: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for path, value in combo.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ExpandedConfig:
+    """One grid combination: the swept values and the full training settings they give."""
+
+    params: dict[str, Any]
+    train: TrainSpec
+
+    @property
+    def key(self) -> str:
+        """A content hash: equal settings give equal keys, across sweeps."""
+        return config_key(self.train)
+
+
+def config_key(train: TrainSpec) -> str:
+    blob = json.dumps(train.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """A short human label for a config, e.g. 'hidden=[32, 64] · lr=0.01'."""
+    if not params:
+        return "base"
+    short = {"model.hidden": "hidden", "optimizer.learning_rate": "lr", "optimizer.name": "optimizer"}
+    return " · ".join(f"{short.get(k, k.split('.')[-1])}={json.dumps(v)}" for k, v in params.items())

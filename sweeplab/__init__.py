@@ -1,0 +1,1 @@
+"""sweeplab: the command line, and the client for scripts and notebooks."""

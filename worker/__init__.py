@@ -1,0 +1,1 @@
+"""sweeplab workers: claim runs from the database, train them with Keras, record every epoch."""
