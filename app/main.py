@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.api import health, runs, stream, sweeps
+from app.api import health, presets, runs, stream, sweeps
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import get_engine
 from app.errors import error_body, install_error_handlers
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            f"request body over {settings.max_body_bytes} bytes"), status_code=413)
         return await call_next(request)
 
-    for router in (health.router, sweeps.router, runs.router, stream.router):
+    for router in (health.router, sweeps.router, runs.router, stream.router, presets.router):
         app.include_router(router)
     from app import pages
 
