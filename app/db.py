@@ -26,7 +26,7 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-class db_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it stands for
+class db_now(FunctionElement[float]):
     """The database clock as Unix seconds (float): workers never trust their own clocks."""
 
     type = Float()

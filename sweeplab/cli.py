@@ -16,7 +16,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings(**overrides: Any) -> Any:
-    from app.config import Settings, get_settings
+    from app.config import get_settings
 
     get_settings.cache_clear()
     base = get_settings()
@@ -78,8 +78,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     exe = [sys.executable, "-m", "sweeplab.cli"]
     children = [subprocess.Popen([*exe, "serve", "--host", args.host, "--port", str(args.port)])]
-    for _ in range(args.workers):
-        children.append(subprocess.Popen([*exe, "worker", *(["--pack-size", str(args.pack_size)] if args.pack_size else [])]))
+    pack = ["--pack-size", str(args.pack_size)] if args.pack_size else []
+    children += [subprocess.Popen([*exe, "worker", *pack]) for _ in range(args.workers)]
     print(f"sweeplab: dashboard on http://{args.host}:{args.port}/ with {args.workers} worker(s); Ctrl-C stops all",
           flush=True)
     stopping = False
@@ -115,7 +115,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"sweeplab submit: {exc}", file=sys.stderr)
         return 2
     for sweep in created:
-        print(f"sweep {sweep['id']} '{sweep['name']}': {sweep['runs']} runs queued  {args.url.rstrip('/')}/sweeps/{sweep['id']}")
+        page = f"{args.url.rstrip('/')}/sweeps/{sweep['id']}"
+        print(f"sweep {sweep['id']} '{sweep['name']}': {sweep['runs']} runs queued  {page}")
     if args.wait:
         return 0 if client.wait([s["id"] for s in created]) else 1
     return 0

@@ -28,13 +28,13 @@ def _bounded_yaml(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        stack, count = [node], 0
+        stack, seen = [node], set()
         while stack:
             n = stack.pop()
-            count += 1
-            if getattr(n, "anchor", None):
+            if id(n) in seen:  # the composer shares one node object between an anchor and its aliases
                 raise InvalidSpec("YAML anchors and aliases are not accepted in sweep specs")
-            if count > MAX_YAML_NODES:
+            seen.add(id(n))
+            if len(seen) > MAX_YAML_NODES:
                 raise InvalidSpec("the YAML document is too large")
             if isinstance(n, yaml.MappingNode):
                 for k, v in n.value:
