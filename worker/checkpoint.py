@@ -11,7 +11,7 @@ from worker.trainer import State
 
 def dump_state(state: State) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **state)
+    np.savez(buf, **state)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

@@ -43,9 +43,11 @@ _prepared: dict[tuple[str, int | None, int | None], PreparedData] = {}
 class Heartbeat(threading.Thread):
     """Renews the pack's leases every heartbeat_seconds; notes lost and cancelled runs."""
 
-    def __init__(self, engine: Engine, settings: Settings, claims: dict[int, Claim], shutdown: threading.Event):
+    def __init__(self, engine: Engine, settings: Settings, claims: dict[int, Claim], active: set[int],
+                 shutdown: threading.Event):
         super().__init__(daemon=True, name="heartbeat")
         self.engine, self.settings, self.claims, self.shutdown = engine, settings, claims, shutdown
+        self.active = active  # shared with the runner: the runs still being trained
         self.lost: set[int] = set()
         self.cancelled: set[int] = set()
         self.finished = threading.Event()
@@ -54,7 +56,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.finished.wait(self.settings.heartbeat_seconds):
             with self.lock:
-                live = [c for i, c in self.claims.items() if i not in self.lost]
+                live = [self.claims[i] for i in sorted(self.active) if i not in self.lost]
             try:
                 states = heartbeat(self.engine, live, self.settings.lease_seconds)
             except Exception:  # the database may be briefly away; the lease has slack
@@ -68,7 +70,7 @@ class Heartbeat(threading.Thread):
         if self.shutdown.is_set():
             return True
         with self.lock:
-            return all(i in self.lost or i in self.cancelled for i in self.claims)
+            return all(i in self.lost or i in self.cancelled for i in list(self.active))
 
 
 def prepared_data(spec: TrainSpec, settings: Settings) -> PreparedData:
@@ -120,7 +122,7 @@ class PackRunner:
         self.index = {c.run_id: i for i, c in enumerate(claims)}  # run id -> replicate index
         self.active: set[int] = set(self.claims)
         self.done_epoch = {c.run_id: c.last_epoch for c in claims}  # last epoch recorded per run
-        self.beat = Heartbeat(engine, settings, self.claims, shutdown)
+        self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown)
 
     def run(self) -> None:
         self.beat.start()
@@ -134,7 +136,8 @@ class PackRunner:
             self.beat.finished.set()
 
     def _drop(self, trainer: Trainer | None, run_id: int) -> None:
-        self.active.discard(run_id)
+        with self.beat.lock:
+            self.active.discard(run_id)
         if trainer is not None and run_id in self.index:
             trainer.drop(self.index[run_id])
 
@@ -207,6 +210,7 @@ class PackRunner:
         for run_id in sorted(self.active):
             claim = self.claims[run_id]
             if run_id in self.beat.lost:
+                log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)
                 continue
             if run_id in self.beat.cancelled:
                 finish_run(self.engine, claim, RunStatus.CANCELLED, None)
