@@ -1,21 +1,49 @@
-"""A small HTTP client for sweeplab's REST API (pure Python + httpx)."""
+"""A small HTTP client for sweeplab's REST API (pure Python + httpx; pandas only for `metrics`).
+
+    from sweeplab import Client
+    client = Client("http://127.0.0.1:8000")
+    sweep = client.submit("examples/hidden-width.yaml")
+    client.wait(sweep["id"])                 # a live bar: runs done/total, epochs/s, ETA
+    df = client.metrics(sweep["id"])         # long form: sweep, config, seed, run, key, epoch, value
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 MAX_SPEC_FILE_BYTES = 1_000_000
+DEFAULT_URL = "http://127.0.0.1:8000"
+ACTIVE = ("queued", "running")
+# The long-form metrics columns of GET /api/sweeps/{id}/metrics.jsonl (and .csv), with their types.
+COLUMNS = ("sweep", "config", "config_label", "seed", "run", "key", "epoch", "value")
+DTYPES = {"sweep": "int64", "config": "int64", "config_label": "object", "seed": "int64", "run": "int64",
+          "key": "object", "epoch": "int64", "value": "float64"}
 
 
 class ClientError(Exception):
-    """The server refused a request, or could not be reached; the message says why."""
+    """The server refused a request, or could not be reached; the message says why.
+
+    `status_code` is the HTTP status (None when the server was not reached)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def retryable(self) -> bool:
+        """Unreachable, overloaded or failing server: trying again later may succeed."""
+        return self.status_code is None or self.status_code in (408, 425, 429) or self.status_code >= 500
 
 
 def load_spec_file(path: Path) -> list[dict[str, Any]]:
@@ -33,12 +61,25 @@ def load_spec_file(path: Path) -> list[dict[str, Any]]:
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0):
+    """sweeplab's REST API from Python. The token defaults to $SWEEPLAB_API_TOKEN."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | httpx.Timeout = 30.0):
+        url = url or os.environ.get("SWEEPLAB_URL") or DEFAULT_URL
+        token = token if token is not None else os.environ.get("SWEEPLAB_API_TOKEN")
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -49,8 +90,13 @@ class Client:
                 message = body.get("error", {}).get("message") or json.dumps(body.get("detail", body))
             except ValueError:
                 message = response.text[:300]
-            raise ClientError(f"{response.status_code}: {message}")
-        return response.json()
+            raise ClientError(f"{response.status_code}: {message}", response.status_code)
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    # Sweeps and runs
 
     def submit(self, spec: dict[str, Any] | str | Path) -> dict[str, Any]:
         """Submit one spec (a dict, or a YAML/JSON file path); returns the created sweep."""
@@ -66,33 +112,147 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/api/sweeps/{sweep_id}")
         return result
 
-    def sweeps(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/api/sweeps")
+    def sweeps(self, study: str | None = None) -> list[dict[str, Any]]:
+        """Sweeps, newest first (at most 1000)."""
+        params: dict[str, Any] = {"limit": 1000, **({"study": study} if study else {})}
+        result: list[dict[str, Any]] = self._call("GET", "/api/sweeps", params=params)
         return result
 
-    def runs(self, sweep_id: int) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", f"/api/sweeps/{sweep_id}/runs")
+    def configs(self, sweep_id: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/api/sweeps/{sweep_id}/configs")
+        return result
+
+    def runs(self, sweep_id: int, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else {}
+        result: list[dict[str, Any]] = self._call("GET", f"/api/sweeps/{sweep_id}/runs", params=params)
+        return result
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/api/runs/{run_id}")
+        return result
+
+    def run_metrics(self, run_id: int) -> dict[str, dict[str, list[Any]]]:
+        """One run's series: {key: {"epochs": [...], "values": [...]}}."""
+        result: dict[str, dict[str, list[Any]]] = self._call("GET", f"/api/runs/{run_id}/metrics")["series"]
         return result
 
     def cancel(self, sweep_id: int) -> dict[str, Any]:
+        """Cancel the sweep's queued runs and ask running ones to stop."""
         result: dict[str, Any] = self._call("POST", f"/api/sweeps/{sweep_id}/cancel")
         return result
 
-    def wait(self, sweep_ids: list[int] | int, poll: float = 2.0, progress: bool = True) -> bool:
-        """Block until no run of the sweeps is queued or running; True if every run succeeded."""
+    def metrics(self, sweep_id: int, keys: list[str] | None = None) -> pd.DataFrame:
+        """Every value of the sweep in long form: columns sweep, config, config_label, seed, run,
+        key, epoch, value (NaN where the run reported NaN or inf)."""
+        import pandas as pd
+
+        params = {"keys": keys} if keys else {}
+        records = []
+        try:
+            with self.http.stream("GET", f"/api/sweeps/{sweep_id}/metrics.jsonl", params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                for line in response.iter_lines():
+                    if line:
+                        records.append(json.loads(line))
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach sweeplab at {self.url}: {exc}") from exc
+        frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+        return frame.astype(DTYPES)
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        try:
+            message = response.json().get("error", {}).get("message") or response.text[:300]
+        except ValueError:
+            message = response.text[:300]
+        raise ClientError(f"{response.status_code}: {message}", response.status_code)
+
+    # External runs (what SweeplabCallback uses)
+
+    def create_external_run(self, sweep: str, config: dict[str, Any], seed: int, **extra: Any) -> dict[str, Any]:
+        """Start a run of CONFIG with SEED in the external sweep named SWEEP (created on first use).
+        EXTRA: study, dataset, epochs, client_token (idempotency key), host."""
+        body = {"sweep": sweep, "config": config, "seed": seed, **{k: v for k, v in extra.items() if v is not None}}
+        result: dict[str, Any] = self._call("POST", "/api/external/runs", json=body)
+        return result
+
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float | None],
+                  seconds: float = 0.0) -> dict[str, Any]:
+        """Record one epoch of an external run (idempotent); the answer says if a stop was asked."""
+        body = {"epoch": epoch, "metrics": metrics, "seconds": seconds}
+        result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/epochs", json=body)
+        return result
+
+    def finish_run(self, run_id: int, status: str = "succeeded", error: str | None = None) -> dict[str, Any]:
+        """End an external run: succeeded, failed or cancelled."""
+        result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/finish",
+                                            json={"status": status, "error": error})
+        return result
+
+    # Progress
+
+    def wait(self, sweep_ids: list[int] | int, poll: float = 2.0, progress: bool = True,
+             timeout: float | None = None) -> bool:
+        """Block until no run of the sweeps is queued or running, showing runs done/total,
+        epochs/s and ETA; True if every run succeeded. TimeoutError after TIMEOUT seconds."""
+        ids = [sweep_ids] if isinstance(sweep_ids, int) else list(sweep_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = SweepProgress(enabled=progress)
+        try:
+            while True:
+                runs = [r for i in ids for r in self.runs(i)]
+                bar.update(runs)
+                if not any(r["status"] in ACTIVE for r in runs):
+                    return all(r["status"] == "succeeded" for r in runs)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"sweeps {ids} still have active runs after {timeout} s")
+                # Listing runs costs more on big sweeps: poll them less often.
+                time.sleep(max(poll, len(runs) / 2000))
+        finally:
+            bar.close()
+
+
+class SweepProgress:
+    """A tqdm bar over runs (done / total) whose postfix shows epochs/s and an ETA from epochs left.
+
+    Epochs are the better clock: runs of a pack end together, so a rate of runs jumps."""
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]"
+
+    def __init__(self, enabled: bool = True, file: Any = None) -> None:
         from tqdm import tqdm
 
-        ids = [sweep_ids] if isinstance(sweep_ids, int) else list(sweep_ids)
-        bar = tqdm(total=0, unit="run", desc="runs", disable=not progress, file=sys.stderr)
-        while True:
-            counts = [self.sweep(i)["status_counts"] for i in ids]
-            total = sum(sum(c.values()) for c in counts)
-            ended = sum(c["succeeded"] + c["failed"] + c["cancelled"] for c in counts)
-            bar.total = total
-            bar.n = ended
-            bar.set_postfix(running=sum(c["running"] for c in counts), failed=sum(c["failed"] for c in counts))
-            bar.refresh()
-            if ended >= total:
-                bar.close()
-                return all(c["failed"] == 0 and c["cancelled"] == 0 for c in counts)
-            time.sleep(poll)
+        self.bar = tqdm(total=0, desc="runs", bar_format=self.BAR_FORMAT, disable=not enabled,
+                        file=file or sys.stderr, dynamic_ncols=True)
+        self.start: tuple[float, int] | None = None
+
+    @staticmethod
+    def tally(runs: list[dict[str, Any]]) -> dict[str, int]:
+        """Runs ended and total; epochs trained so far and still to train."""
+        ended = sum(r["status"] not in ACTIVE for r in runs)
+        done = sum(max(r["last_epoch"], 0) for r in runs)
+        left = sum(max(r["epochs"] - max(r["last_epoch"], 0), 0) for r in runs if r["status"] in ACTIVE)
+        return {"ended": ended, "total": len(runs), "epochs_done": done, "epochs_left": left,
+                "running": sum(r["status"] == "running" for r in runs),
+                "failed": sum(r["status"] == "failed" for r in runs)}
+
+    def update(self, runs: list[dict[str, Any]]) -> str:
+        """Redraw from a fresh list of runs; returns the postfix (for tests and logs)."""
+        from tqdm import tqdm
+
+        t = self.tally(runs)
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, t["epochs_done"])
+        elapsed, trained = now - self.start[0], t["epochs_done"] - self.start[1]
+        rate = trained / elapsed if elapsed > 0 and trained > 0 else 0.0
+        eta = tqdm.format_interval(t["epochs_left"] / rate) if rate > 0 else "?"
+        postfix = f"{rate:.1f} epochs/s, ETA {eta}, {t['running']} running, {t['failed']} failed"
+        self.bar.total, self.bar.n = t["total"], t["ended"]
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+        return postfix
+
+    def close(self) -> None:
+        self.bar.close()

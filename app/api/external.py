@@ -1,0 +1,99 @@
+"""External runs over REST: create (or join) a sweep and start a run, log epochs, finish.
+
+Used by `sweeplab.SweeplabCallback`; any HTTP client can do the same. Token-protected like every
+other change. Only runs created here (source 'external') accept epochs and finish.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from app.api.deps import EngineDep, Guarded, SettingsDep
+from app.models import RunStatus
+from app.schemas import RunPublic
+from app.services import external as external_service
+
+router = APIRouter(tags=["external runs"])
+
+MAX_EPOCH = 100_000
+MAX_KEYS_PER_EPOCH = 64
+MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ExternalRunCreate(_Strict):
+    """A run of CONFIG with SEED in the external sweep named SWEEP (created on first use)."""
+
+    sweep: str = Field(min_length=1, max_length=200, description="sweep name: runs with the same name join it")
+    study: str | None = Field(default=None, max_length=200)
+    dataset: str | None = Field(default=None, min_length=1, max_length=50,
+                                description="shown on the dashboard; default 'external'")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="settings of the run: equal dicts are one config (replicates)")
+    seed: int = Field(ge=0, le=2**63 - 1)
+    epochs: int = Field(default=0, ge=0, le=MAX_EPOCH, description="planned epochs, when known")
+    client_token: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
+                                     description="idempotency key: a retried create returns the same run")
+    host: str | None = Field(default=None, max_length=200, description="where it trains, shown as its worker")
+
+    @field_validator("sweep", "study")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip() if value is not None else None
+
+
+class EpochCreate(_Strict):
+    """One finished epoch: any metric keys; values finite numbers or null (NaN/inf as null)."""
+
+    epoch: int = Field(ge=0, le=MAX_EPOCH, description="0: before training; 1..N after each epoch")
+    metrics: dict[MetricKey, float | None] = Field(max_length=MAX_KEYS_PER_EPOCH)
+    seconds: float = Field(default=0.0, ge=0, le=1e7, description="training time of this epoch")
+
+
+class EpochStored(BaseModel):
+    run_id: int
+    epoch: int
+    stored: int = Field(description="metric rows newly stored; 0 when the post repeated an earlier one")
+    cancel_requested: bool = Field(description="someone asked to stop this run: the trainer should stop")
+
+
+class RunFinish(_Strict):
+    status: Literal["succeeded", "failed", "cancelled"]
+    error: str | None = Field(default=None, max_length=10_000)
+
+
+@router.post("/api/external/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic,
+             dependencies=Guarded, responses={200: {"description": "the run a retried create made"}})
+def create_external_run(body: ExternalRunCreate, response: Response, engine: EngineDep,
+                        settings: SettingsDep) -> RunPublic:
+    """Start a run trained outside sweeplab's workers, in the external sweep named `sweep`."""
+    req = external_service.ExternalRunRequest(
+        sweep=body.sweep, config=body.config, seed=body.seed, epochs=body.epochs, study=body.study,
+        dataset=body.dataset, client_token=body.client_token, host=body.host)
+    run, created = external_service.create_external_run(engine, req, settings.max_runs_per_sweep)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return run
+
+
+@router.post("/api/runs/{run_id}/epochs", response_model=EpochStored, dependencies=Guarded,
+             responses={409: {"description": "not an external run, or it already ended"}})
+def log_run_epoch(run_id: int, body: EpochCreate, engine: EngineDep) -> EpochStored:
+    """Record an epoch of an external run; repeating a post is a no-op."""
+    ack = external_service.record_external_epoch(engine, run_id, body.epoch, body.metrics, body.seconds)
+    return EpochStored(run_id=ack.run_id, epoch=ack.epoch, stored=ack.stored, cancel_requested=ack.cancel_requested)
+
+
+@router.post("/api/runs/{run_id}/finish", response_model=RunPublic, dependencies=Guarded,
+             responses={409: {"description": "not an external run, or it already ended otherwise"}})
+def finish_run(run_id: int, body: RunFinish, engine: EngineDep) -> RunPublic:
+    """End an external run: succeeded, failed (with its error) or cancelled."""
+    return external_service.finish_external_run(engine, run_id, RunStatus(body.status), body.error)

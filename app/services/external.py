@@ -1,0 +1,217 @@
+"""External runs: trainings that happen outside sweeplab's workers (a notebook, a script) and
+report over the REST API through `SweeplabCallback`.
+
+They are ordinary rows: a `sweeps` row whose spec says {"external": true}, one `configs` row per
+distinct config dict (its key is the dict's content hash, so replicates group exactly as queued
+runs do) and `runs` rows with source 'external', which the queue never claims and the reaper
+never touches. A client-chosen `client_token` (kept in `runs.lease_token`, unused by external
+runs otherwise) makes a retried create return the run the first attempt made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, case, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db import db_now, write_session
+from app.errors import InvalidSpec, InvalidTransition, RunNotFound
+from app.models import Config, Metric, Run, RunEvent, RunStatus, Sweep
+from app.schemas import RunPublic
+from app.services.runs import read_run
+from app.spec import describe_params
+
+EXTERNAL_DATASET = "external"
+EXTERNAL_LOCK_KEY = 0x5EE9_E87  # pg_advisory_xact_lock key: serialises find-or-create of sweeps/configs
+MAX_CONFIG_CHARS = 10_000
+MAX_CONFIG_DEPTH = 8
+LABEL_CHARS = 500
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Content hash of a config dict, as app.spec.config_key does for queued configs."""
+    blob = json.dumps(config, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """A config must be a small JSON object of finite numbers, strings, booleans, lists and objects."""
+    if not isinstance(config, dict):
+        raise InvalidSpec("config: must be a JSON object")
+
+    def walk(node: Any, depth: int, where: str) -> None:
+        if depth > MAX_CONFIG_DEPTH:
+            raise InvalidSpec(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels at {where}")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise InvalidSpec(f"config: {where} is not a finite number")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise InvalidSpec(f"config: key {k!r} at {where} is not a string")
+                walk(v, depth + 1, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, depth + 1, f"{where}[{i}]")
+
+    walk(config, 0, "config")
+    if len(json.dumps(config, sort_keys=True)) > MAX_CONFIG_CHARS:
+        raise InvalidSpec(f"config: over {MAX_CONFIG_CHARS} characters as JSON")
+    return config
+
+
+@dataclass(frozen=True)
+class ExternalRunRequest:
+    """What a client asks for: a run of CONFIG with SEED in the external sweep named SWEEP."""
+
+    sweep: str
+    config: dict[str, Any]
+    seed: int
+    epochs: int = 0
+    study: str | None = None
+    dataset: str | None = None
+    client_token: str | None = None
+    host: str | None = None
+
+
+def _insert(s: Session) -> Any:
+    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _lock(s: Session) -> None:
+    # SQLite writers are already serialised by BEGIN IMMEDIATE; PostgreSQL needs the lock so two
+    # notebooks starting together do not both create "my study".
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EXTERNAL_LOCK_KEY})
+
+
+def _find_or_create_sweep(s: Session, req: ExternalRunRequest) -> Sweep:
+    """The newest external sweep with this name (and study), or a new one."""
+    q = select(Sweep).where(Sweep.name == req.sweep, Sweep.dataset == (req.dataset or EXTERNAL_DATASET))
+    q = q.where(Sweep.study == req.study) if req.study is not None else q.where(Sweep.study.is_(None))
+    for sweep in s.scalars(q.order_by(Sweep.id.desc())):
+        if isinstance(sweep.spec, dict) and sweep.spec.get("external"):
+            return sweep
+    spec: dict[str, Any] = {"external": True, "name": req.sweep, "dataset": req.dataset or EXTERNAL_DATASET}
+    if req.study is not None:
+        spec["study"] = req.study
+    sweep = Sweep(name=req.sweep, study=req.study, dataset=req.dataset or EXTERNAL_DATASET, spec=spec,
+                  run_count=0)
+    s.add(sweep)
+    s.flush()
+    return sweep
+
+
+def _find_or_create_config(s: Session, sweep_id: int, config: dict[str, Any], max_configs: int) -> Config:
+    key = config_hash(config)
+    found = s.scalars(select(Config).where(Config.sweep_id == sweep_id, Config.key == key)
+                      .order_by(Config.position)).first()
+    if found is not None:
+        return found
+    last = s.scalar(select(func.max(Config.position)).where(Config.sweep_id == sweep_id))
+    if last is not None and last + 1 >= max_configs:
+        raise InvalidSpec(f"sweep {sweep_id} already has {last + 1} configs; at most {max_configs} are allowed")
+    created = Config(sweep_id=sweep_id, position=(last + 1) if last is not None else 0, key=key,
+                     label=describe_params(config)[:LABEL_CHARS], params=config, train=config)
+    s.add(created)
+    s.flush()
+    return created
+
+
+def _existing_run(s: Session, client_token: str) -> int | None:
+    # Only a running run can be the target of a retried create: nothing else finishes it first.
+    return s.scalar(select(Run.id).where(Run.status == RunStatus.RUNNING.value, Run.source == "external",
+                                         Run.lease_token == client_token))
+
+
+def create_external_run(engine: Engine, req: ExternalRunRequest, max_runs: int) -> tuple[RunPublic, bool]:
+    """Join or create the sweep and config, then start a run; (run, created). A create retried
+    with the same client_token returns the first attempt's run with created=False."""
+    config = check_config(req.config)
+    with write_session(engine) as s:
+        _lock(s)
+        if req.client_token and (run_id := _existing_run(s, req.client_token)) is not None:
+            existing = run_id
+        else:
+            existing = None
+            sweep = _find_or_create_sweep(s, req)
+            n = s.scalar(select(func.count()).select_from(Run).where(Run.sweep_id == sweep.id)) or 0
+            if n >= max_runs:
+                raise InvalidSpec(f"sweep {sweep.id} already has {n} runs; this server accepts at most {max_runs}")
+            cfg = _find_or_create_config(s, sweep.id, config, max_runs)
+            run_id = s.execute(insert(Run).values(
+                sweep_id=sweep.id, config_id=cfg.id, seed=req.seed, status=RunStatus.RUNNING.value,
+                source="external", attempt=1, max_attempts=1, epochs=req.epochs, last_epoch=-1,
+                cancel_requested=False, worker_id=req.host, lease_token=req.client_token,
+                created_at=db_now(), started_at=db_now(), heartbeat_at=db_now(), train_seconds=0.0,
+            ).returning(Run.id)).scalar_one()
+            s.execute(update(Sweep).where(Sweep.id == sweep.id).values(run_count=n + 1))
+            s.add(RunEvent(run_id=run_id, kind="started", worker_id=req.host, message="external run"))
+    return read_run(engine, existing if existing is not None else run_id), existing is None
+
+
+def _external_run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    if run.source != "external":
+        raise InvalidTransition(f"run {run_id} is trained by sweeplab's workers; only external runs "
+                                "(created by POST /api/external/runs) accept epochs and finish")
+    return run
+
+
+@dataclass(frozen=True)
+class EpochAck:
+    run_id: int
+    epoch: int
+    stored: int  # metric rows newly stored: 0 when the post was a retry
+    cancel_requested: bool
+
+
+def record_external_epoch(engine: Engine, run_id: int, epoch: int, metrics: Mapping[str, float | None],
+                          seconds: float = 0.0) -> EpochAck:
+    """Store one epoch's metrics; idempotent on (run, key, epoch): a retried post stores nothing
+    and adds no seconds. NaN and inf are stored as NULL, as the API answers them."""
+    with write_session(engine) as s:
+        run = _external_run(s, run_id)
+        if run.status != RunStatus.RUNNING.value:
+            raise InvalidTransition(f"run {run_id} already {run.status}; it accepts no more epochs")
+        values = [{"run_id": run_id, "key": k, "epoch": epoch, "created_at": db_now(),
+                   "value": float(v) if v is not None and math.isfinite(v) else None}
+                  for k, v in metrics.items()]
+        stored = 0
+        if values:
+            stored = len(s.execute(_insert(s)(Metric).values(values)
+                                   .on_conflict_do_nothing(index_elements=["run_id", "key", "epoch"])
+                                   .returning(Metric.id)).all())
+        s.execute(update(Run).where(Run.id == run_id).values(
+            last_epoch=case((Run.last_epoch < epoch, epoch), else_=Run.last_epoch),
+            train_seconds=Run.train_seconds + (seconds if stored else 0.0), heartbeat_at=db_now()))
+        cancel = bool(run.cancel_requested)
+    return EpochAck(run_id, epoch, stored, cancel)
+
+
+def finish_external_run(engine: Engine, run_id: int, status: RunStatus, error: str | None = None) -> RunPublic:
+    """End an external run. Succeeded after a cancel request ends it cancelled. Finishing again
+    with the same status answers the run unchanged; another status is a 409."""
+    if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+        raise InvalidTransition("status must be succeeded, failed or cancelled")
+    with write_session(engine) as s:
+        run = _external_run(s, run_id)
+        final = status
+        if run.cancel_requested and status == RunStatus.SUCCEEDED:
+            final = RunStatus.CANCELLED
+        if run.status != RunStatus.RUNNING.value:
+            if run.status != final.value:
+                raise InvalidTransition(f"run {run_id} already {run.status}")
+        else:
+            s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
+                      .values(status=final.value, error=error, finished_at=db_now()))
+            s.add(RunEvent(run_id=run_id, kind=final.value, worker_id=run.worker_id, message=error))
+    return read_run(engine, run_id)

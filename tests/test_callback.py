@@ -1,0 +1,175 @@
+"""SweeplabCallback inside real `model.fit` calls (tiny data, tiny models) against a live server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sweeplab.client import Client
+from tests.conftest import LiveServer, wait_for
+from tests.test_client import shared_server
+
+keras = pytest.importorskip("keras")
+from sweeplab import callback as sweeplab_callback  # noqa: E402  (needs keras)
+from sweeplab.callback import SweeplabCallback, clean_logs  # noqa: E402
+
+pytestmark = pytest.mark.slow
+KEYS = {"loss", "accuracy", "top3", "val_loss", "val_accuracy", "val_top3"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
+    yield from shared_server(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(autouse=True)
+def delivered() -> Iterator[None]:
+    """Every test leaves nothing undelivered behind (and the process nothing to wait for at exit)."""
+    yield
+    assert sweeplab_callback.flush(timeout=30)
+
+
+def tiny_data(n: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 6, 6)).astype("float32"), rng.integers(0, 10, n)
+
+
+def tiny_model(seed: int, eager: bool) -> Any:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((6, 6)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3")],
+                  run_eagerly=eager)  # tracing a graph costs more than 3 steps an epoch
+    return model
+
+
+def fit(cb: Any, epochs: int = 3, extra: list[Any] | None = None, seed: int = 0, eager: bool = True) -> Any:
+    x, y = tiny_data()
+    return tiny_model(seed, eager).fit(x, y, epochs=epochs, batch_size=32, validation_data=(x[:32], y[:32]), verbose=0,
+                                callbacks=[*(extra or []), cb])
+
+
+def test_every_epoch_and_every_key_reaches_the_server(server: LiveServer) -> None:
+    cb = SweeplabCallback(url=server.url, sweep="tiny", config={"hidden": [8], "lr": np.float32(0.5)}, seed=3)
+    history = fit(cb, epochs=3, eager=False).history
+    client = Client(server.url)
+    run = client.run(cb.run_id)  # type: ignore[arg-type]
+    assert (run["status"], run["source"], run["seed"], run["epochs"], run["last_epoch"]) == (
+        "succeeded", "external", 3, 3, 3)
+    assert run["config"] == {"hidden": [8], "lr": 0.5}
+    series = client.run_metrics(run["id"])
+    assert set(series) == KEYS
+    for key in KEYS:  # epoch 0 is the untrained model, on the training and the validation data
+        assert series[key]["epochs"] == [0, 1, 2, 3]
+        assert series[key]["values"][1:] == pytest.approx(history[key], rel=1e-6)
+    assert series["loss"]["values"][0] > series["loss"]["values"][-1]
+    assert run["train_seconds"] > 0
+
+
+def test_a_server_that_goes_away_mid_fit_loses_no_epoch(server: LiveServer,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    restarted = threading.Thread(target=server.start)
+
+    class Outage(keras.callbacks.Callback):  # runs before SweeplabCallback in each epoch
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                server.stop()
+            if epoch == 4:
+                restarted.start()  # same port, same database; training goes on meanwhile
+
+    cb = SweeplabCallback(url=server.url, sweep="outage", config={"w": 8}, seed=0, flush_timeout=0.5)
+    with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
+        history = fit(cb, epochs=8, extra=[Outage()]).history  # never raises
+        restarted.join()
+        assert sweeplab_callback.flush(timeout=30)
+    assert len(history["loss"]) == 8
+    assert "retrying" in caplog.text
+    client = Client(server.url)
+    run = client.run(cb.run_id)  # type: ignore[arg-type]
+    assert run["status"] == "succeeded"
+    series = client.run_metrics(run["id"])
+    assert {key: s["epochs"] for key, s in series.items()} == {key: list(range(9)) for key in KEYS}
+    assert series["loss"]["values"][1:] == pytest.approx(history["loss"], rel=1e-6)
+
+
+def test_a_server_down_for_the_whole_fit_gets_the_run_when_it_returns(server: LiveServer) -> None:
+    server.stop()
+    cb = SweeplabCallback(url=server.url, sweep="late", seed=0, flush_timeout=0.2)
+    assert len(fit(cb, epochs=2).history["loss"]) == 2
+    assert cb.run_id is None  # nothing reached the server yet
+    server.start()
+    assert sweeplab_callback.flush(timeout=30)
+    client = Client(server.url)
+    [sweep] = [s for s in client.sweeps() if s["name"] == "late"]
+    [run] = client.runs(sweep["id"])
+    assert (run["id"], run["status"], run["last_epoch"]) == (cb.run_id, "succeeded", 2)
+
+
+def test_a_notebook_loop_of_replicates_is_one_config(server: LiveServer) -> None:
+    config = {"hidden": [8], "optimizer": "adam"}
+    for seed in range(5):
+        fit(SweeplabCallback(url=server.url, sweep="notebook", config=dict(config), seed=seed),
+            epochs=2, seed=seed)
+    client = Client(server.url)
+    [sweep] = [s for s in client.sweeps() if s["name"] == "notebook"]
+    assert (sweep["runs"], sweep["configs"], sweep["status_counts"]["succeeded"]) == (5, 1, 5)
+    [cfg] = client.configs(sweep["id"])
+    assert cfg["label"] == 'hidden=[8] · optimizer="adam"'
+    runs = client.runs(sweep["id"])
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2, 3, 4]
+    # The charts' data: five runs of one config, each with its val_accuracy at epochs 0..2 (bands).
+    series = client._call("GET", f"/api/sweeps/{sweep['id']}/series")
+    assert {r["config_id"] for r in series["runs"]} == {cfg["id"]}
+    assert all(r["series"]["val_accuracy"]["epochs"] == [0, 1, 2] for r in series["runs"])
+
+
+def test_a_fit_that_raises_ends_its_run_failed(server: LiveServer) -> None:
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                raise RuntimeError("boom")
+
+    cb = SweeplabCallback(url=server.url, sweep="boom", seed=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(cb, epochs=5, extra=[Boom()])
+    client = Client(server.url)
+    wait_for(lambda: cb.run_id is not None and client.run(cb.run_id)["status"] == "failed", 10,
+             message="the run to end failed")
+    run = client.run(cb.run_id)  # type: ignore[arg-type]
+    assert "model.fit raised" in run["error"] and run["last_epoch"] == 1
+
+
+def test_cancelling_the_run_stops_training(server: LiveServer) -> None:
+    client = Client(server.url)
+
+    class Canceller(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                assert sweeplab_callback.flush(timeout=10)
+                client.http.post(f"/api/runs/{cb.run_id}/cancel")
+            sweeplab_callback.flush(timeout=10)  # let the acks come back
+
+    cb = SweeplabCallback(url=server.url, sweep="cancel", seed=0)
+    epochs = len(fit(cb, epochs=50, extra=[Canceller()]).history["loss"])
+    assert epochs < 10
+    assert client.run(cb.run_id)["status"] == "cancelled"  # type: ignore[arg-type]
+
+
+def test_a_refused_run_never_breaks_training(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    cb = SweeplabCallback(url=server.url, sweep="x" * 300, seed=0)  # the server refuses the name
+    with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
+        assert len(fit(cb, epochs=2).history["loss"]) == 2
+    assert "refused the run" in caplog.text and cb.run_id is None
+
+
+def test_logs_are_cleaned_for_the_server() -> None:
+    logs = {"loss": np.float32(0.5), "acc": float("nan"), "inf": float("inf"), "name": "text", "x" * 101: 1.0,
+            "learning_rate": np.array(0.001)}
+    assert clean_logs(logs) == {"loss": 0.5, "acc": None, "inf": None, "learning_rate": pytest.approx(0.001)}
