@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
     trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")
     tf_threads: int = Field(default=0, ge=0, description="TensorFlow intra-op threads (0: TF decides)")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        """An empty SWEEPLAB_API_TOKEN (e.g. `${SWEEPLAB_API_TOKEN:-}` in compose) means no token,
+        never a token that an empty header would match."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @property
     def is_sqlite(self) -> bool:

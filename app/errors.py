@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("sweeplab.errors")
@@ -104,10 +105,65 @@ def install_error_handlers(app: FastAPI) -> None:
             return _answer(request, 422, "invalid_input", f"{where}: {first['msg']}")
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(request: Request, exc: Exception) -> Response:
+        # An id or number too large for the database's integer columns (SQLite raises OverflowError,
+        # PostgreSQL "integer out of range"): the input is invalid, not the server broken.
+        return _answer(request, 422, "invalid_input", "a number in the request is out of range")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _answer(request, 500, "internal_error", "internal error; the server log has the details")
+
+
+ERROR_ENVELOPE_SCHEMA: dict[str, Any] = {
+    "title": "ErrorEnvelope",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "fields": {"type": "array", "items": {"type": "object"}},
+        },
+    }},
+}
+
+
+def document_error_responses(openapi: dict[str, Any]) -> None:
+    """Add the error answers every /api operation can give to an OpenAPI document: 404 where the
+    path names a resource, 401/409 for changes, 413 with a body, 400 and 422 with any input (422 in
+    either shape: FastAPI's `detail` list for malformed parameters, the envelope for a bad spec)."""
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorEnvelope"] = ERROR_ENVELOPE_SCHEMA
+    ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    reasons = {"400": "bad request", "401": "API token missing or wrong", "404": "not found",
+               "409": "not allowed in the current state", "413": "request body too large", "422": "invalid input"}
+    for path, operations in openapi.get("paths", {}).items():
+        if not path.startswith("/api"):
+            continue
+        for method, operation in operations.items():
+            codes = []
+            if "{" in path:
+                codes.append("404")
+            if method != "get":
+                codes += ["401", "409"]
+            if "requestBody" in operation:
+                codes.append("413")
+            if operation.get("parameters") or "requestBody" in operation:
+                codes += ["400", "422"]
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                answer = responses.setdefault(code, {"description": reasons[code]})
+                schema = answer.get("content", {}).get("application/json", {}).get("schema")
+                if schema is None:
+                    answer["content"] = {"application/json": {"schema": dict(ref)}}
+                elif code == "422" and schema != ref:
+                    answer["content"] = {"application/json": {"schema": {"anyOf": [schema, dict(ref)]}}}
 
 
 __all__ = [
@@ -119,6 +175,7 @@ __all__ = [
     "SweepNotFound",
     "SweeplabError",
     "Unauthorized",
+    "document_error_responses",
     "error_body",
     "install_error_handlers",
 ]

@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.api import health, presets, runs, stream, sweeps
+from app.api import charts, exports, external, health, presets, runs, stream, sweeps
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import get_engine
-from app.errors import error_body, install_error_handlers
+from app.errors import document_error_responses, error_body, install_error_handlers
 from app.services.queue import reap_expired
 from app.spec import SweepSpec
 
@@ -32,6 +32,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(spec_schema.pop("$defs", {}))
             components["SweepSpec"] = spec_schema
+            document_error_responses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            f"request body over {settings.max_body_bytes} bytes"), status_code=413)
         return await call_next(request)
 
-    for router in (health.router, sweeps.router, runs.router, stream.router, presets.router):
+    for router in (health.router, sweeps.router, runs.router, stream.router, presets.router, external.router,
+                   exports.router, charts.router):
         app.include_router(router)
     from app import pages
 

@@ -1,7 +1,15 @@
-// Shared helpers: API calls carrying the token when the server asks for one, config colours.
+// Shared helpers: API calls carrying the token when the server asks for one, config colours,
+// chart defaults, number formats, and an event stream that pauses while its tab is hidden.
 export const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
   "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"];
 export const colourFor = (index) => PALETTE[index % PALETTE.length];
+export const PLOT_CONFIG = { responsive: true, displaylogo: false };
+export const STATUSES = ["succeeded", "running", "failed", "cancelled", "queued"];
+
+export function fade(hex, alpha) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
+}
 
 export function authHeaders() {
   if (document.body.dataset.tokenRequired !== "true") return {};
@@ -23,4 +31,142 @@ export async function api(path, options = {}) {
     throw Object.assign(new Error(message), { status: response.status, body });
   }
   return body;
+}
+
+// A POST from a button: disables it meanwhile, reports failure next to it.
+export async function post(button, path, body) {
+  button.disabled = true;
+  try {
+    return await api(path, { method: "POST", ...(body ? { body: JSON.stringify(body), headers: { "content-type": "application/json" } } : {}) });
+  } catch (err) {
+    showError(err.message);
+    throw err;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+export function showError(message) {
+  let box = document.getElementById("page-error");
+  if (!box) {
+    box = document.createElement("p");
+    box.id = "page-error";
+    box.className = "error-message banner";
+    document.querySelector("main").prepend(box);
+  }
+  box.textContent = message;
+}
+
+// Percent with one decimal for accuracies held as fractions.
+export const pct = (v, digits = 1) => (v === null || v === undefined ? "–" : (100 * v).toFixed(digits));
+export const num = (v, digits = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+export function seconds(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 90) return `${s.toFixed(1)} s`;
+  if (s < 5400) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k in node) node[k] = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+export function layout(title, xTitle, yTitle, extra = {}) {
+  return {
+    title: { text: title, font: { size: 15 } },
+    xaxis: { title: { text: xTitle }, zeroline: false, ...(extra.xaxis || {}) },
+    yaxis: { title: { text: yTitle }, zeroline: false, ...(extra.yaxis || {}) },
+    legend: { title: { text: extra.legendTitle || "config" }, ...(extra.legend || {}) },
+    margin: { t: 44, r: 16, b: 52, l: 64 },
+    hovermode: "closest",
+    uirevision: "keep",
+    ...Object.fromEntries(Object.entries(extra).filter(([k]) => !["xaxis", "yaxis", "legend", "legendTitle"].includes(k))),
+  };
+}
+
+// Runs fn soon after a call, but at most once per `ms` and never more than a fifth of the time (after
+// a slow run it waits four times as long); calls meanwhile fold into one more run.
+export function throttle(fn, ms) {
+  let timer = null, running = false, again = false, cost = 0, last = -Infinity;
+  const run = async () => {
+    timer = null; running = true;
+    const t0 = performance.now();
+    try { await fn(); } catch (err) { console.warn(err); }
+    last = performance.now();
+    cost = last - t0;
+    running = false;
+    if (again) { again = false; schedule(); }
+  };
+  const schedule = () => {
+    if (running) { again = true; return; }
+    if (timer) return;
+    const gap = Math.max(ms, 4 * cost) - (performance.now() - last);
+    timer = setTimeout(run, Math.max(0, gap));
+  };
+  return schedule;
+}
+
+// An EventSource that closes while the tab is hidden (browsers allow few connections per server)
+// and resumes from the last cursor it saw when the tab shows again.
+export function openStream(urlFor, handlers) {
+  let source = null, cursor = null;
+  const open = () => {
+    if (source) return;
+    source = new EventSource(urlFor(cursor));
+    for (const [name, fn] of Object.entries(handlers)) {
+      source.addEventListener(name, (event) => {
+        const data = JSON.parse(event.data);
+        if (data && typeof data.cursor === "number") cursor = data.cursor;
+        fn(data);
+      });
+    }
+  };
+  const close = () => { if (source) { source.close(); source = null; } };
+  document.addEventListener("visibilitychange", () => (document.hidden ? close() : open()));
+  window.addEventListener("pagehide", close);
+  open();
+  return { close };
+}
+
+export function statusCounts(statuses) {
+  const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
+  for (const s of statuses) counts[s] = (counts[s] || 0) + 1;
+  return counts;
+}
+
+// Fills a .progress element with one bar per status and returns a one-line summary.
+export function drawProgress(bar, counts, total) {
+  bar.replaceChildren(...STATUSES.filter((s) => counts[s]).map((s) =>
+    el("span", { class: `bar ${s}`, style: `width: ${(100 * counts[s] / Math.max(1, total)).toFixed(2)}%` })));
+  bar.title = STATUSES.map((s) => `${counts[s] || 0} ${s}`).join(", ");
+  const parts = [`${counts.succeeded || 0}/${total} succeeded`];
+  for (const s of ["running", "queued", "failed", "cancelled"]) if (counts[s]) parts.push(`${counts[s]} ${s}`);
+  return parts.join(", ");
+}
+
+export function markReady() {
+  document.body.dataset.ready = "true";
+  performance.mark("sweeplab-charts-drawn");
+  window.sweeplabReady = true;
+}
+
+// Plotly loads with `defer`; page modules run `async` and fetch their data meanwhile, then wait here.
+export function plotlyReady() {
+  if (window.Plotly) return Promise.resolve();
+  const script = document.querySelector('script[src="/vendor/plotly.min.js"]');
+  return new Promise((resolve, reject) => {
+    script.addEventListener("load", resolve, { once: true });
+    script.addEventListener("error", () => reject(new Error("could not load /vendor/plotly.min.js")), { once: true });
+  });
 }

@@ -16,7 +16,7 @@ from app.services.sweeps import get_sweep_row
 
 router = APIRouter(prefix="/api/sweeps", tags=["charts"])
 POLL_SECONDS = 0.4
-LOOKBACK_IDS = 2000  # PostgreSQL may commit ids out of order: look back and skip what was sent
+LOOKBACK_IDS = 2000  # PostgreSQL may commit ids out of order: look back and skip what was seen
 
 
 @router.get("/{sweep_id}/series")
@@ -29,21 +29,26 @@ def read_sweep_series(sweep_id: int, engine: EngineDep,
 @router.get("/{sweep_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_sweep(sweep_id: int, request: Request, engine: EngineDep, cursor: int = Query(0, ge=0),
-                       keys: list[str] | None = Query(None)) -> StreamingResponse:
+                       keys: list[str] | None = Query(None),
+                       run: int | None = Query(None, description="only this run of the sweep")) -> StreamingResponse:
     """`event: epochs` with new metric points since CURSOR, `event: status` when run statuses change."""
     get_sweep_row(engine, sweep_id)
+    last_id = request.headers.get("last-event-id", "")
+    start = max(cursor, int(last_id)) if last_id.isdigit() else cursor  # a reconnecting EventSource
+
+    lookback = LOOKBACK_IDS if engine.dialect.name == "postgresql" else 0  # SQLite commits in id order
 
     async def events() -> AsyncIterator[str]:
-        sent: set[tuple[int, str, int]] = set()
-        pos, last_statuses = cursor, None
+        seen: set[int] = set()  # ids inside the lookback window that were already looked at
+        pos, last_statuses = start, None
         yield "retry: 2000\n\n"
         while not await request.is_disconnected():
-            batch = await run_in_threadpool(epochs_since, engine, sweep_id, max(0, pos - LOOKBACK_IDS), keys)
-            fresh = [p for p in batch["points"] if (p["run_id"], p["key"], p["epoch"]) not in sent]
-            pos = max(pos, batch["cursor"])
-            if fresh:
-                sent.update((p["run_id"], p["key"], p["epoch"]) for p in fresh)
-                yield f"id: {pos}\nevent: epochs\ndata: {json.dumps({'cursor': pos, 'points': fresh})}\n\n"
+            batch = await run_in_threadpool(epochs_since, engine, sweep_id, pos, keys, 5000, run, seen, lookback)
+            pos = batch["cursor"]
+            if lookback:
+                seen = {i for i in seen | set(batch["scanned"]) if i > pos - lookback}
+            if batch["points"]:
+                yield f"id: {pos}\nevent: epochs\ndata: {json.dumps({'cursor': pos, 'points': batch['points']})}\n\n"
             if batch["statuses"] != last_statuses:
                 last_statuses = batch["statuses"]
                 yield f"event: status\ndata: {json.dumps(last_statuses)}\n\n"

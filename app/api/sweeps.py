@@ -7,8 +7,11 @@ from typing import Any
 
 import yaml
 from fastapi import APIRouter, Query, Request, status
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EngineDep, Guarded, SettingsDep
+from app.config import Settings
 from app.datasets import check_available
 from app.errors import InvalidSpec, PayloadTooLarge
 from app.models import RunStatus
@@ -44,6 +47,8 @@ def _bounded_yaml(text: str) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise InvalidSpec(f"not valid YAML: {str(exc)[:300]}") from None
+    except RecursionError:
+        raise InvalidSpec("the YAML document is nested too deeply") from None
     finally:
         loader.dispose()
 
@@ -68,6 +73,8 @@ async def _spec_data(request: Request, limit: int) -> Any:
         return json.loads(body or b"null")
     except ValueError as exc:
         raise InvalidSpec(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidSpec("the JSON body is nested too deeply") from None
 
 
 SPEC_BODY = {
@@ -85,7 +92,14 @@ SPEC_BODY = {
              openapi_extra=SPEC_BODY, responses={422: {"description": "invalid spec"}})
 async def create_sweep(request: Request, engine: EngineDep, settings: SettingsDep) -> SweepPublic:
     """Submit a sweep spec (JSON, or YAML with content-type application/yaml); queues every run."""
-    spec = sweep_service.parse_spec(await _spec_data(request, settings.max_body_bytes))
+    data = await _spec_data(request, settings.max_body_bytes)
+    # Off the event loop: validating a big grid, probing a dataset and waiting for SQLite's write
+    # lock would otherwise stall every other request of this server.
+    return await run_in_threadpool(_create_sweep, engine, settings, data)
+
+
+def _create_sweep(engine: Engine, settings: Settings, data: Any) -> SweepPublic:
+    spec = sweep_service.parse_spec(data)
     for dataset in {spec.dataset, *spec.grid.get("dataset", [])}:
         reason = check_available(str(dataset), settings.data_dir)
         if reason:

@@ -1,0 +1,111 @@
+// Compare page: configs from any sweeps overlaid (replicate bands), their final accuracy per
+// replicate, and Welch's test of each against the first, in words. Refreshes while runs train.
+import { CURVE_KEYS, drawCurves } from "/static/bands.js";
+import { PLOT_CONFIG, api, colourFor, el, layout, markReady, plotlyReady } from "/static/common.js";
+import { drawConfigTable } from "/static/table.js";
+
+const { configs: chosen } = JSON.parse(document.getElementById("compare-data").textContent);
+const keysQuery = CURVE_KEYS.map((k) => `keys=${k}`).join("&");
+const state = { agg: null, cmp: null, reps: new Map(), band: "std" };
+const colourOf = (id) => colourFor(chosen.indexOf(id));
+const nameOf = (c) => (c.label === "base" ? c.sweep_name : `${c.sweep_name} · ${c.label}`);
+
+// The picker keeps the text box and the checkboxes in step.
+const input = document.getElementById("configs-input");
+for (const box of document.querySelectorAll("input.pick")) {
+  box.addEventListener("change", () => {
+    const ids = input.value.split(",").map((s) => s.trim()).filter(Boolean).filter((id) => id !== box.value);
+    if (box.checked) ids.push(box.value);
+    input.value = ids.join(",");
+  });
+}
+
+async function load() {
+  const ids = chosen.join(",");
+  [state.agg, state.cmp] = await Promise.all([
+    api(`/api/configs/aggregates?ids=${ids}&${keysQuery}`), api(`/api/compare?configs=${ids}`)]);
+}
+
+function drawVerdicts() {
+  const list = document.getElementById("verdict-list");
+  const rows = state.cmp.configs;
+  if (rows.length < 2) {
+    list.replaceChildren(el("p", { class: "muted" }, "Pick a second config to compare with."));
+    return;
+  }
+  list.replaceChildren(...state.cmp.comparisons.map((c) => el("p", {
+    class: `verdict${c.p === null || c.p >= 0.05 ? " unclear" : ""}`, "data-a": c.a, "data-b": c.b,
+    "data-diff": c.diff ?? "", "data-ci-low": c.ci_low ?? "", "data-ci-high": c.ci_high ?? "", "data-p": c.p ?? "",
+    "data-t": c.t ?? "", "data-df": c.df ?? "", "data-n-a": c.n_a, "data-n-b": c.n_b,
+  }, c.sentence)));
+}
+
+function drawFinal(holder, key, title) {
+  const rows = state.cmp.configs;
+  const names = rows.map(nameOf);
+  const traces = rows.map((r, i) => ({
+    type: "box", name: names[i], x: r.final[key].values.map(() => names[i]), y: r.final[key].values,
+    boxpoints: "all", jitter: 0.4, pointpos: -1.6, marker: { color: colourOf(r.id), size: 6 },
+    line: { color: colourOf(r.id) }, legendgroup: String(r.id),
+    customdata: r.final[key].runs.map((run, j) => [run, r.final[key].seeds[j]]),
+    hovertemplate: "run %{customdata[0]} · seed %{customdata[1]}: %{y:.4f}<extra>%{fullData.name}</extra>",
+  }));
+  const have = rows.filter((r) => r.final[key].mean !== null);
+  traces.push({
+    type: "scatter", mode: "markers", name: "mean ± 95% CI", x: have.map(nameOf), y: have.map((r) => r.final[key].mean),
+    marker: { color: "#111827", size: 9, symbol: "diamond" },
+    error_y: { type: "data", visible: true, thickness: 2, width: 8,
+      array: have.map((r) => (r.final[key].ci_high ?? r.final[key].mean) - r.final[key].mean),
+      arrayminus: have.map((r) => r.final[key].mean - (r.final[key].ci_low ?? r.final[key].mean)) },
+    hovertemplate: "mean %{y:.4f}<extra>mean ± 95% CI</extra>",
+  });
+  return Plotly.react(holder, traces, layout(title, "config", key === "accuracy" ? "training accuracy" : "validation accuracy",
+    { xaxis: { type: "category", automargin: true }, legendTitle: "config" }), PLOT_CONFIG);
+}
+
+function draw() {
+  const configs = state.agg.configs.map((c) => ({ id: c.id, name: nameOf(c), colour: colourOf(c.id), index: chosen.indexOf(c.id) }));
+  drawVerdicts();
+  drawConfigTable(document.getElementById("config-table"), { axes: [], configs: state.cmp.configs }, {
+    colourOf, nameOf, linkOf: (r) => `/sweeps/${r.sweep_id}`, selected: new Set(), showCurves: false, onSelect: () => {},
+  });
+  return Promise.all([
+    drawCurves("compare", configs, state.agg.series, state.reps, state.band),
+    drawFinal("compare-final", "val_accuracy", "final validation accuracy per replicate"),
+    drawFinal("compare-final-train", "accuracy", "final training accuracy per replicate"),
+  ]);
+}
+
+async function loadReplicates(on) {
+  state.reps = new Map();
+  if (!on) return;
+  const all = await Promise.all(chosen.map((id) => api(`/api/configs/${id}/series?${keysQuery}`)));
+  chosen.forEach((id, i) => state.reps.set(id, all[i].runs));
+}
+
+async function main() {
+  if (!chosen.length) { markReady(); return; }
+  await Promise.all([load(), plotlyReady()]);
+  await draw();
+  markReady();
+  for (const radio of document.querySelectorAll('input[name="band"]')) {
+    radio.addEventListener("change", () => { state.band = radio.value; draw(); });
+  }
+  document.getElementById("show-replicates").addEventListener("change", async (event) => {
+    await loadReplicates(event.target.checked);
+    await draw();
+  });
+  // While any of the configs still trains, refresh every few seconds.
+  const training = () => state.cmp.configs.some((r) => r.status_counts.running || r.status_counts.queued);
+  const tick = async () => {
+    if (!document.hidden && training()) {
+      await load();
+      if (document.getElementById("show-replicates").checked) await loadReplicates(true);
+      await draw();
+    }
+    setTimeout(tick, 3000);
+  };
+  setTimeout(tick, 3000);
+}
+
+main().catch((err) => { console.error(err); });

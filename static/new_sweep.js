@@ -1,0 +1,196 @@
+// New sweep form: every spec field, the YAML it makes (editable both ways), the number of runs
+// it expands to, the server's field errors next to their fields, and submit -> the sweep's page.
+import { api, authHeaders } from "/static/common.js";
+
+const { start, defaults } = JSON.parse(document.getElementById("form-data").textContent);
+const form = document.getElementById("sweep-form");
+const yamlBox = document.getElementById("spec-yaml");
+const countBox = document.getElementById("run-count");
+const gridRows = document.getElementById("grid-rows");
+const input = (name) => form.elements.namedItem(name);
+
+// ---- values in the form ----
+function listText(values) {
+  return values.map((v) => (typeof v === "string" ? v : JSON.stringify(v))).join(", ");
+}
+
+function parseList(text, { nested = false } = {}) {
+  const t = text.trim();
+  if (!t) return [];
+  try {
+    let v = JSON.parse(`[${t}]`);
+    if (v.length === 1 && Array.isArray(v[0]) && (!nested || Array.isArray(v[0][0]))) v = v[0];
+    return v;
+  } catch {
+    return t.split(",").map((s) => s.trim()).filter(Boolean).map((s) => (s !== "" && !Number.isNaN(Number(s)) ? Number(s) : s));
+  }
+}
+
+const numberOr = (text) => (text.trim() === "" ? undefined : Number.isNaN(Number(text)) ? text : Number(text));
+
+function formToSpec() {
+  const spec = { name: input("name").value };
+  if (input("study").value.trim()) spec.study = input("study").value;
+  if (input("description").value.trim()) spec.description = input("description").value;
+  spec.dataset = input("dataset").value;
+  const limit = { train: numberOr(input("limit.train").value), test: numberOr(input("limit.test").value) };
+  if (limit.train !== undefined || limit.test !== undefined) spec.limit = Object.fromEntries(Object.entries(limit).filter(([, v]) => v !== undefined));
+  spec.model = { hidden: parseList(input("model.hidden").value), activation: input("model.activation").value,
+    output_activation: input("model.output_activation").value };
+  spec.loss = input("loss").value;
+  spec.optimizer = { name: input("optimizer.name").value };
+  const lr = numberOr(input("optimizer.learning_rate").value);
+  if (lr !== undefined) spec.optimizer.learning_rate = lr;
+  spec.epochs = numberOr(input("epochs").value);
+  spec.batch_size = numberOr(input("batch_size").value);
+  if (form.querySelector('input[name="replicate-mode"]:checked').value === "seeds") spec.seeds = parseList(input("seeds").value);
+  else spec.replicates = numberOr(input("replicates").value);
+  const grid = {};
+  for (const row of gridRows.querySelectorAll(".grid-row")) {
+    const path = row.querySelector(".grid-path").value;
+    grid[path] = parseList(row.querySelector(".grid-values").value, { nested: path === "model.hidden" });
+  }
+  spec.grid = grid;
+  return JSON.parse(JSON.stringify(spec)); // drops undefined
+}
+
+function addGridRow(path, values) {
+  const row = document.getElementById("grid-row").content.firstElementChild.cloneNode(true);
+  if (path) row.querySelector(".grid-path").value = path;
+  row.querySelector(".grid-values").value = values ? listText(values) : "";
+  row.querySelector(".remove-axis").addEventListener("click", () => { row.remove(); changed(); });
+  gridRows.append(row);
+  return row;
+}
+
+function specToForm(spec) {
+  const d = defaults;
+  const set = (name, v) => { input(name).value = v ?? ""; };
+  set("name", spec.name); set("study", spec.study); set("description", spec.description);
+  set("dataset", spec.dataset ?? d.dataset);
+  set("limit.train", spec.limit?.train); set("limit.test", spec.limit?.test);
+  set("model.hidden", listText(spec.model?.hidden ?? d.model.hidden));
+  set("model.activation", spec.model?.activation ?? d.model.activation);
+  set("model.output_activation", spec.model?.output_activation ?? d.model.output_activation);
+  set("loss", spec.loss ?? d.loss);
+  set("optimizer.name", spec.optimizer?.name ?? d.optimizer.name);
+  set("optimizer.learning_rate", spec.optimizer?.learning_rate);
+  set("epochs", spec.epochs ?? d.epochs); set("batch_size", spec.batch_size ?? d.batch_size);
+  const seeds = Array.isArray(spec.seeds);
+  form.querySelector(`input[name="replicate-mode"][value="${seeds ? "seeds" : "replicates"}"]`).checked = true;
+  set("replicates", seeds ? "" : spec.replicates ?? 1); set("seeds", seeds ? listText(spec.seeds) : "");
+  gridRows.replaceChildren();
+  for (const [path, values] of Object.entries(spec.grid || {})) addGridRow(path, values);
+  showMode();
+}
+
+function showMode() {
+  const seeds = form.querySelector('input[name="replicate-mode"]:checked').value === "seeds";
+  form.querySelector('[data-loc="seeds"]').hidden = !seeds;
+  form.querySelector('[data-loc="replicates"]').hidden = seeds;
+}
+
+// ---- YAML ----
+const PLAIN = /^[A-Za-z_][A-Za-z0-9_ .+\/-]*$/;
+const RESERVED = /^(true|false|null|yes|no|on|off|y|n)$/i;
+function scalar(v) {
+  if (typeof v === "string" && PLAIN.test(v) && !RESERVED.test(v) && v.trim() === v) return v;
+  return JSON.stringify(v);
+}
+function flow(v) {
+  if (Array.isArray(v)) return `[${v.map(flow).join(", ")}]`;
+  if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${scalar(k)}: ${flow(x)}`).join(", ")}}`;
+  return scalar(v);
+}
+export function toYaml(obj, indent = "") {
+  return Object.entries(obj).map(([k, v]) => {
+    if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) return `${indent}${scalar(k)}:\n${toYaml(v, indent + "  ")}`;
+    return `${indent}${scalar(k)}: ${flow(v)}`;
+  }).join("\n");
+}
+
+// ---- validation and errors ----
+const fieldLocs = () => [...document.querySelectorAll("[data-loc]")].map((n) => n.dataset.loc);
+
+function fieldFor(loc, msg) {
+  let best = null;
+  for (const f of fieldLocs()) if ((loc === f || loc.startsWith(`${f}.`)) && (!best || f.length > best.length)) best = f;
+  if (best && best !== "spec") return best;
+  if (/\bgrid\b/.test(msg)) return "grid";
+  if (/replicates|seeds/.test(msg)) return form.querySelector('input[name="replicate-mode"]:checked').value;
+  return "spec";
+}
+
+function clearErrors() {
+  for (const node of document.querySelectorAll("[data-loc]")) {
+    node.classList.remove("invalid");
+    node.querySelector(".field-error").textContent = "";
+  }
+}
+
+function showErrors(error) {
+  clearErrors();
+  const fields = error?.fields?.length ? error.fields : [{ loc: "spec", msg: error?.message || "invalid spec" }];
+  for (const f of fields) {
+    const node = document.querySelector(`[data-loc="${fieldFor(String(f.loc), f.msg)}"]`);
+    node.classList.add("invalid");
+    const box = node.querySelector(".field-error");
+    const msg = f.msg.replace(/^Value error, /, "");
+    const where = f.loc && f.loc !== node.dataset.loc && f.loc !== "spec" ? `${f.loc}: ` : "";
+    box.textContent = box.textContent ? `${box.textContent}; ${where}${msg}` : `${where}${msg}`;
+  }
+  countBox.textContent = "The spec is not valid yet: see the messages in red.";
+  countBox.className = "run-count error-message";
+}
+
+let lastChecked = null, checking = 0;
+async function validate(fillForm) {
+  const text = yamlBox.value;
+  if (text === lastChecked && !fillForm) return;
+  lastChecked = text;
+  const ticket = ++checking;
+  try {
+    const answer = await api("/api/sweeps/validate", { method: "POST", headers: { "content-type": "application/yaml" }, body: text });
+    if (ticket !== checking) return;
+    clearErrors();
+    countBox.className = "run-count";
+    countBox.textContent = `${answer.configs} config${answer.configs === 1 ? "" : "s"} × ${answer.replicates} replicate${answer.replicates === 1 ? "" : "s"} = ${answer.runs} run${answer.runs === 1 ? "" : "s"}`;
+    countBox.dataset.runs = answer.runs;
+    if (fillForm) specToForm(answer.spec);
+  } catch (err) {
+    if (ticket === checking) showErrors(err.body?.error || { message: err.message });
+  }
+}
+
+let timer = null;
+const later = (fn, ms = 250) => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+function changed() {
+  yamlBox.value = toYaml(formToSpec());
+  later(() => validate(false));
+}
+
+form.addEventListener("input", changed);
+form.addEventListener("change", (event) => { if (event.target.name === "replicate-mode") showMode(); changed(); });
+yamlBox.addEventListener("input", () => later(() => validate(true), 400));
+document.getElementById("add-axis").addEventListener("click", () => { addGridRow(); changed(); });
+form.addEventListener("submit", (event) => event.preventDefault());
+
+document.getElementById("submit-sweep").addEventListener("click", async (event) => {
+  const button = event.target;
+  button.disabled = true;
+  try {
+    const response = await fetch("/api/sweeps", { method: "POST", body: yamlBox.value,
+      headers: { "content-type": "application/yaml", ...authHeaders() } });
+    const body = await response.json();
+    if (response.status === 201) { location.href = `/sweeps/${body.id}`; return; }
+    showErrors(body.error || { message: JSON.stringify(body) });
+  } catch (err) {
+    showErrors({ message: err.message });
+  } finally {
+    button.disabled = false;
+  }
+});
+
+specToForm(start);
+yamlBox.value = toYaml(formToSpec());
+validate(false).then(() => { document.body.dataset.ready = "true"; });

@@ -1,0 +1,80 @@
+// The sortable table of configs: swept values, replicates done, final validation accuracy
+// (mean ± std and 95% CI), best accuracy, epochs to 99% of the final value, wall time.
+import { el, pct, seconds } from "/static/common.js";
+
+const sortState = new WeakMap(); // table -> {column, dir}
+
+function columns(data, opts) {
+  const cols = [
+    { title: "config", sort: (r) => r.position, cell: (r) => el("td", {},
+      el("span", { class: "swatch", style: `background: ${opts.colourOf(r.id)}` }),
+      el("a", { href: opts.linkOf ? opts.linkOf(r) : `/compare?configs=${r.id}` },
+        opts.nameOf ? opts.nameOf(r) : (r.label === "base" ? r.sweep_name : r.label))) },
+  ];
+  for (const axis of data.axes) {
+    cols.push({ title: axis.path, sort: (r) => {
+      const i = axis.values.findIndex((v) => JSON.stringify(v) === JSON.stringify(r.params[axis.path]));
+      return typeof axis.x[i] === "number" ? axis.x[i] : i;
+    }, cell: (r) => el("td", {}, typeof r.params[axis.path] === "string" ? r.params[axis.path] : JSON.stringify(r.params[axis.path])) });
+  }
+  const fin = (r) => r.final.val_accuracy;
+  cols.push(
+    { title: "replicates done", sort: (r) => r.done, cell: (r) => {
+      const c = r.status_counts;
+      const extra = ["running", "failed", "cancelled"].filter((s) => c[s]).map((s) => el("span", { class: `status ${s}` }, ` ${c[s]} ${s}`));
+      return el("td", { class: "num" }, `${r.done}/${r.runs}`, extra);
+    } },
+    { title: "final val acc % (mean ± std)", sort: (r) => fin(r).mean ?? -1, cell: (r) => el("td", { class: "num", "data-mean": fin(r).mean ?? "" },
+      fin(r).mean === null ? "–" : `${pct(fin(r).mean, 2)} ± ${pct(fin(r).std, 2)}`) },
+    { title: "95% CI", sort: (r) => fin(r).ci_low ?? -1, cell: (r) => el("td", { class: "num" },
+      fin(r).ci_low === null ? (fin(r).n === 1 ? "n=1" : "–") : `[${pct(fin(r).ci_low, 2)}, ${pct(fin(r).ci_high, 2)}]`) },
+    { title: "best val acc %", sort: (r) => r.best.val_accuracy.mean ?? -1, cell: (r) => el("td", { class: "num" }, pct(r.best.val_accuracy.mean, 2)) },
+    { title: "final train acc %", sort: (r) => r.final.accuracy.mean ?? -1, cell: (r) => el("td", { class: "num" }, pct(r.final.accuracy.mean, 2)) },
+    { title: "epochs to 99%", sort: (r) => r.epochs_to_99 ?? 1e9, cell: (r) => el("td", { class: "num", title: "first epoch where the mean val_accuracy reaches 99% of its final value" },
+      r.epochs_to_99 ?? "–", r.epochs_to_99 !== null ? el("span", { class: "muted" }, ` / ${r.epochs}`) : null) },
+    { title: "wall time / replicate", sort: (r) => r.wall_seconds.mean ?? 1e12, cell: (r) => el("td", { class: "num" }, seconds(r.wall_seconds.mean)) },
+  );
+  if (opts.shown) {
+    cols.push({ title: "chart", cell: (r) => {
+      const box = el("input", { type: "checkbox", checked: opts.shown.has(r.id), class: "shown-box",
+        title: "draw this config in the replicate charts" });
+      box.addEventListener("change", () => { if (box.checked) opts.shown.add(r.id); else opts.shown.delete(r.id); opts.onShown(); });
+      return el("td", {}, box);
+    } });
+  }
+  if (opts.showCurves) {
+    cols.push({ title: "curves", cell: (r) => {
+      const box = el("input", { type: "checkbox", checked: opts.curvesLoaded(r.id), disabled: opts.curvesLoading(r.id),
+        title: "draw every replicate of this config" });
+      box.addEventListener("change", () => {
+        if (box.checked && opts.shown && !opts.shown.has(r.id)) opts.shown.add(r.id);
+        opts.onCurves(r.id, box.checked);
+      });
+      return el("td", {}, box);
+    } });
+  }
+  cols.push({ title: "compare", cell: (r) => {
+    const box = el("input", { type: "checkbox", checked: opts.selected.has(r.id), "data-config-id": r.id, class: "compare-box" });
+    box.addEventListener("change", () => { if (box.checked) opts.selected.add(r.id); else opts.selected.delete(r.id); opts.onSelect(); });
+    return el("td", {}, box);
+  } });
+  return cols;
+}
+
+export function drawConfigTable(table, data, opts) {
+  const cols = columns(data, opts);
+  const sort = sortState.get(table) || { column: 0, dir: 1 };
+  const head = el("tr", {}, cols.map((c, i) => {
+    const th = el("th", { class: c.sort ? "sortable" : "", "aria-sort": i === sort.column ? (sort.dir > 0 ? "ascending" : "descending") : "none" },
+      c.title, i === sort.column ? (sort.dir > 0 ? " ▲" : " ▼") : "");
+    if (c.sort) th.addEventListener("click", () => {
+      sortState.set(table, { column: i, dir: i === sort.column ? -sort.dir : (i === 0 ? 1 : -1) });
+      drawConfigTable(table, data, opts);
+    });
+    return th;
+  }));
+  table.tHead.replaceChildren(head);
+  const key = cols[sort.column].sort || cols[0].sort;
+  const rows = [...data.configs].sort((a, b) => sort.dir * (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+  table.tBodies[0].replaceChildren(...rows.map((r) => el("tr", { "data-config-id": r.id }, cols.map((c) => c.cell(r)))));
+}
