@@ -16,7 +16,8 @@ VERSION = "0.1.0"
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(engine: EngineDep) -> Health | JSONResponse:
     try:
-        with engine.connect() as conn:
+        # Read-only: on SQLite a plain connection would BEGIN IMMEDIATE and queue behind writers.
+        with engine.connect().execution_options(sweeplab_readonly=True) as conn:
             conn.execute(text("SELECT 1"))
             from alembic.runtime.migration import MigrationContext
 

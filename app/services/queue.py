@@ -64,15 +64,18 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float)
     queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == "queue")
     with write_session(engine) as s:
         head = s.execute(
-            select(Run.config_id, Run.last_epoch).where(queued).order_by(Run.id).limit(1)
+            select(Run.config_id, Run.last_epoch, Run.attempt).where(queued).order_by(Run.id).limit(1)
             .with_for_update(skip_locked=True)
         ).first()
         if head is None:
             return []
+        # A queued run with attempts behind it lost its worker (a release gives its attempt back):
+        # it may be what killed the process, so it trains alone and never joins a fresh pack.
         picked = (
             select(Run.id)
-            .where(queued, Run.config_id == head.config_id, Run.last_epoch == head.last_epoch)
-            .order_by(Run.id).limit(max(1, limit))
+            .where(queued, Run.config_id == head.config_id, Run.last_epoch == head.last_epoch,
+                   Run.attempt == head.attempt)
+            .order_by(Run.id).limit(1 if head.attempt > 0 else max(1, limit))
             .with_for_update(skip_locked=True)
         )
         ids = list(s.scalars(picked))
