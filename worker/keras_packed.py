@@ -4,14 +4,24 @@ Replicates differ only in their seed, so their Dense kernels are stacked into (R
 variables and every step runs one batched matmul for all of them. Each replicate still sees
 exactly what it would alone: its own initial weights (copied from a standalone model), its own
 shuffle order, its own loss with Keras' reduction (the pack minimises the sum of the R losses, so
-gradients stay separate) and its own optimizer slots (SGD, Adam and RMSprop are elementwise, so
-one optimizer over stacked variables is the same mathematics).
+gradients stay separate) and its own optimizer slots (SGD, Adam and RMSprop update each parameter
+elementwise, so updating the stacked variables is the same mathematics; the step count is shared,
+as the replicates of a pack move in lock-step).
+
+Where the time goes (2 cores, width 32, 10 replicates, Adam; one core runs one pack's loop): per
+step the forward matmuls take ~40%, the gradient matmuls ~47%, the Adam update ~12%, gathering
+the (R, 32, 784) batch ~1%; Python is out of the loop (128 steps per call). Hence one pack per
+core, run from parallel threads, and compiles shared between packs of the same shape.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -21,19 +31,32 @@ from app.spec import TrainSpec
 from worker.keras_models import build_optimizer, compiled_model, fresh_state, set_state
 from worker.trainer import EpochMetrics, PreparedData, State, epoch_order
 
+# Each pack runs its XLA loop on one core, packs in parallel threads. XLA's Eigen threading made
+# the threads' matmuls queue on TensorFlow's shared intra-op pool (2 cores, 2 packs of 5: 0.99 ms per
+# step with it, 0.47 ms without; one pack of 10 takes 0.88 ms either way), so it is turned off.
+# XLA reads XLA_FLAGS at its first compile: a process that compiled before importing this module
+# keeps Eigen threading (packs then take turns: correct, about as fast as one pack).
+_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAG}".strip()
+
+T = TypeVar("T")
 STEPS_PER_CALL = 128  # training steps per compiled call; should_stop is checked between calls
 EVAL_CHUNK = 10_000  # images per compiled evaluation call
-SLOTS = {"momentum": "_momentums", "velocity": "_velocities"}
 
 
-def configure_threads(intra_op: int, inter_op: int) -> bool:
-    """Set TensorFlow's thread pools; False if the runtime had already started (then unchanged)."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError:
-        return False
-    return True
+def pack_count() -> int:
+    """How many packs to train side by side: one per CPU core this process may use (one on a GPU)."""
+    if tf.config.list_physical_devices("GPU"):
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """R Dense layers at once: x is (R, B, in), one batch per replicate, or (B, in) shared by all."""
+    if len(x.shape) == 2:
+        return tf.einsum("bi,rio->rbo", x, kernel) + bias[:, None, :]
+    return tf.einsum("rbi,rio->rbo", x, kernel) + bias[:, None, :]
 
 
 class PackedDense(keras.layers.Layer):
@@ -44,34 +67,29 @@ class PackedDense(keras.layers.Layer):
         self.replicates, self.units = replicates, units
         self.activation = keras.activations.get(activation)
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        shape = (self.replicates, int(input_shape[-1]), self.units)
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        shape = (self.replicates, input_shape[-1], self.units)
         self.kernel = self.add_weight(shape=shape, initializer="zeros", name="kernel")
         self.bias = self.add_weight(shape=(self.replicates, self.units), initializer="zeros", name="bias")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        # x is (R, B, in), one batch per replicate, or (B, in) shared by all (evaluation).
-        if len(x.shape) == 2:
-            y = tf.einsum("bi,rio->rbo", x, self.kernel)
-        else:
-            y = tf.einsum("rbi,rio->rbo", x, self.kernel)
-        return self.activation(y + self.bias[:, None, :])
+        return self.activation(dense(x, self.kernel, self.bias))
 
 
 class PackedMLP(keras.Model):
-    """The study's MLP, R times over; returns the output layer's pre-activation (R, B, 10)."""
+    """The study's MLP, R times over: (R, B, 784) or (B, 784) in, outputs (R, B, 10)."""
 
     def __init__(self, spec: TrainSpec, replicates: int):
         super().__init__()
         widths = [*spec.model.hidden, 10]
-        acts = [spec.model.activation] * len(spec.model.hidden) + [None]
+        acts = [spec.model.activation] * len(spec.model.hidden) + [spec.model.output_activation]
         self.dense = [PackedDense(replicates, w, a) for w, a in zip(widths, acts, strict=True)]
-        self.build((None, 784))
+        self.build((1, 784))
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        width = int(input_shape[-1])
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        width = input_shape[-1]
         for layer in self.dense:
-            layer.build((None, width))
+            layer.build((1, width))
             width = layer.units
         self.built = True
 
@@ -81,41 +99,40 @@ class PackedMLP(keras.Model):
         return x
 
 
-class _Pack:
-    """One packed model, its optimizer and its compiled training and evaluation loops."""
+class _Program:
+    """The compiled training and evaluation loops of one architecture, loss and optimizer, shared
+    by every pack of that shape in the process (one XLA compile per pack size, not per pack).
 
-    def __init__(self, spec: TrainSpec, states: list[State]):
-        self.spec, self.r = spec, len(states)
-        self.model = PackedMLP(spec, self.r)
-        self.variables = list(self.model.trainable_variables)  # kernel 0, bias 0, kernel 1, ...
-        for j, var in enumerate(self.variables):
-            var.assign(np.stack([s[f"w/{j}"] for s in states]))
-        self.optimizer = build_optimizer(spec)
-        self.optimizer.build(self.variables)
-        self.slots = {
-            f"opt/{slot}/{j}": var
-            for slot, attr in SLOTS.items()
-            for j, var in enumerate(getattr(self.optimizer, attr, None) or [])
-        }
-        steps = {int(s.get("opt/iteration", 0)) for s in states}
-        if len(steps) > 1:
-            raise ValueError(f"replicates of a pack must be at the same optimizer step, got {sorted(steps)}")
-        self.has_opt_state = any("opt/iteration" in s for s in states)
-        if self.has_opt_state:
-            self.optimizer.iterations.assign(steps.pop())
-            for key, var in self.slots.items():
-                # A state without optimizer entries is at step 0, where every slot is zero.
-                var.assign(np.stack([s.get(key, np.zeros(var.shape[1:], np.float32)) for s in states]))
+    Pure functions of the weights and optimizer slots, which the packs hold. The updates are
+    Keras' own formulas (keras/src/optimizers: sgd.py, adam.py, rmsprop.py, default settings)."""
+
+    def __init__(self, spec: TrainSpec):
+        self.spec = spec
+        self.hidden_activation = keras.activations.get(spec.model.activation)
         self.output_activation = keras.activations.get(spec.model.output_activation)
+        opt = build_optimizer(spec)
+        self.opt_name = spec.optimizer.name
+        self.hyper = {k: float(getattr(opt, k)) for k in ("beta_1", "beta_2", "rho", "epsilon") if hasattr(opt, k)}
+        if getattr(opt, "momentum", 0) or getattr(opt, "centered", False) or getattr(opt, "amsgrad", False):
+            raise NotImplementedError("packed training implements Keras' default SGD, Adam and RMSprop")
 
-    def _losses(self, z: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def slot_names(self) -> list[str]:
+        return {"sgd": [], "adam": ["momentum", "velocity"], "rmsprop": ["velocity"]}[self.opt_name]
+
+    def forward(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """The output layer's pre-activation (R, B, 10)."""
+        for j in range(0, len(weights) - 2, 2):
+            x = self.hidden_activation(dense(x, weights[j], weights[j + 1]))
+        return dense(x, weights[-2], weights[-1])
+
+    def losses(self, z: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-sample loss and correctness (R, B), as Keras computes them from the output layer."""
         p = self.output_activation(z)
         if self.spec.loss == "mse":
             loss = tf.reduce_mean(tf.square(tf.one_hot(labels, 10) - p), axis=-1)
         else:
             if self.spec.model.output_activation in ("softmax", "sigmoid"):
-                logits = z  # Keras takes the activation's own logits (`_keras_logits`), even for sigmoid
+                logits = z  # Keras takes the activation's own logits (`_keras_logits`), even a sigmoid's
             else:
                 eps = keras.config.epsilon()
                 logits = tf.math.log(tf.clip_by_value(p, eps, 1 - eps))
@@ -123,36 +140,121 @@ class _Pack:
         correct = tf.cast(tf.equal(tf.argmax(p, axis=-1, output_type=tf.int32), labels), tf.float32)
         return loss, correct
 
-    @tf.function(jit_compile=True)
-    def train_steps(self, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
-                    n_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Run steps 0..n_steps-1 of idx (K, R, B); sizes[k] is step k's real batch size (the last
-        batch of an epoch is partial: its padding is masked out). Returns per replicate the sum of
-        batch loss x batch size and the count of correct predictions, as Keras' trackers add them."""
-        batch = idx.shape[2]
-        loss_sum = tf.zeros([self.r])
-        correct_sum = tf.zeros([self.r])
-        for k in tf.range(n_steps):
-            labels = tf.gather(y, idx[k])
+    def update(self, w: tf.Tensor, g: tf.Tensor, slots: list[tf.Tensor], step: tf.Tensor,
+               lr: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """One optimizer step of one variable; `step` counts the steps before this one."""
+        h = self.hyper
+        if self.opt_name == "sgd":
+            return w - g * lr, []
+        if self.opt_name == "rmsprop":
+            v = h["rho"] * slots[0] + (1 - h["rho"]) * tf.square(g)
+            return w - (lr * g) / tf.sqrt(v + h["epsilon"]), [v]
+        local_step = tf.cast(step + 1, tf.float32)
+        alpha = lr * tf.sqrt(1 - tf.pow(h["beta_2"], local_step)) / (1 - tf.pow(h["beta_1"], local_step))
+        m = slots[0] + (g - slots[0]) * (1 - h["beta_1"])
+        v = slots[1] + (tf.square(g) - slots[1]) * (1 - h["beta_2"])
+        return w - (m * alpha) / (tf.sqrt(v) + h["epsilon"]), [m, v]
+
+    @tf.function(jit_compile=True, autograph=False)
+    def train_steps(self, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
+                    lr: tf.Tensor, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
+                    n_steps: tf.Tensor) -> tuple[Any, ...]:
+        """Run steps 0..n_steps-1 of idx (K, R, B); sizes[k] is step k's real batch size (an epoch's
+        last batch is partial: its padding is masked out). slots[j] holds variable j's optimizer
+        slots. Returns the new weights, slots and step, and per replicate the sum of batch loss x
+        batch size and the count of correct predictions, as Keras' metric trackers add them up."""
+        r, batch = idx.shape[1], idx.shape[2]
+
+        def body(k: tf.Tensor, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
+                 loss_sum: tf.Tensor, correct_sum: tf.Tensor) -> tuple[Any, ...]:
             size = sizes[k]
             mask = tf.cast(tf.range(batch) < tf.cast(size, tf.int32), tf.float32)
+            labels = tf.gather(y, idx[k])
             with tf.GradientTape() as tape:
-                loss, correct = self._losses(self.model(tf.gather(x, idx[k])), labels)
+                tape.watch(weights)
+                loss, correct = self.losses(self.forward(weights, tf.gather(x, idx[k])), labels)
                 batch_loss = tf.reduce_sum(loss * mask, axis=1) / size  # Keras' sum_over_batch_size
-                total = tf.reduce_sum(batch_loss)
-            grads = tape.gradient(total, self.variables)
-            self.optimizer.apply(grads, self.variables)
-            loss_sum += batch_loss * size
-            correct_sum += tf.reduce_sum(correct * mask, axis=1)
-        return loss_sum, correct_sum
+                total = tf.reduce_sum(batch_loss)  # replicates' losses summed: gradients stay apart
+            grads = tape.gradient(total, weights)
+            new = [self.update(w, g, s, step, lr) for w, g, s in zip(weights, grads, slots, strict=True)]
+            return (k + 1, [w for w, _ in new], [s for _, s in new], step + 1,
+                    loss_sum + batch_loss * size, correct_sum + tf.reduce_sum(correct * mask, axis=1))
 
-    @tf.function(jit_compile=True)
-    def eval_chunk(self, x: tf.Tensor, y: tf.Tensor, valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        out = tf.while_loop(lambda k, *_: k < n_steps, body,
+                            (tf.constant(0), weights, slots, step, tf.zeros([r]), tf.zeros([r])))
+        return out[1:]
+
+    @tf.function(jit_compile=True, autograph=False)
+    def eval_chunk(self, weights: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+                   valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Summed loss and correct count per replicate over the first `valid` rows of x (C, 784)."""
-        labels = tf.broadcast_to(y[None, :], [self.r, y.shape[0]])
-        loss, correct = self._losses(self.model(x), labels)
+        r = weights[0].shape[0]
+        loss, correct = self.losses(self.forward(weights, x), tf.broadcast_to(y[None, :], [r, y.shape[0]]))
         mask = tf.cast(tf.range(y.shape[0]) < valid, tf.float32)
         return tf.reduce_sum(loss * mask, axis=1), tf.reduce_sum(correct * mask, axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _program(key: str) -> _Program:
+    return _Program(TrainSpec.model_validate_json(key))
+
+
+def program_for(spec: TrainSpec) -> _Program:
+    """The shared program of spec's architecture, loss and optimizer (not its learning rate)."""
+    shape = spec.model_dump(include={"model", "loss"}) | {"optimizer": {"name": spec.optimizer.name}}
+    return _program(TrainSpec.model_validate(shape).model_dump_json())
+
+
+class _Pack:
+    """Some replicates' weights as one PackedMLP, their optimizer state and their shuffle seeds."""
+
+    def __init__(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State]):
+        self.spec, self.r = spec, len(states)
+        self.members = members  # the replicate at each position (dropped ones stay until a rebuild)
+        self.seeds = seeds
+        self.program = program_for(spec)
+        self.model = PackedMLP(spec, self.r)
+        self.variables = list(self.model.trainable_variables)  # kernel 0, bias 0, kernel 1, ...
+        for j, var in enumerate(self.variables):
+            var.assign(np.stack([s[f"w/{j}"] for s in states]))
+        steps = {int(s.get("opt/iteration", 0)) for s in states}
+        if len(steps) > 1:
+            raise ValueError(f"replicates of a pack must be at the same optimizer step, got {sorted(steps)}")
+        self.has_opt_state = any("opt/iteration" in s for s in states)
+        self.step = tf.constant(steps.pop(), tf.int64)
+        # A state without optimizer entries is at step 0, where every slot is zero.
+        self.slots = [[tf.constant(np.stack([s.get(f"opt/{name}/{j}", np.zeros(var.shape[1:], np.float32))
+                                             for s in states]))
+                       for name in self.program.slot_names()]
+                      for j, var in enumerate(self.variables)]
+        self.lr = tf.constant(spec.optimizer.learning_rate, tf.float32)
+
+    def weights(self) -> list[tf.Tensor]:
+        return [v.value for v in self.variables]
+
+    def epoch_batches(self, epoch: int, n: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each step's batch indices per position (steps, R, B) and each step's batch size."""
+        steps = math.ceil(n / batch)
+        orders = np.zeros((self.r, steps * batch), np.int32)
+        for p, seed in enumerate(self.seeds):
+            orders[p, :n] = epoch_order(seed, epoch, n)
+        sizes = np.full(steps, batch, np.float32)
+        sizes[-1] = n - (steps - 1) * batch
+        return orders.reshape(self.r, steps, batch).transpose(1, 0, 2), sizes
+
+    def train_chunk(self, x: tf.Tensor, y: tf.Tensor, idx: np.ndarray, sizes: np.ndarray,
+                    k_max: int) -> tuple[np.ndarray, np.ndarray]:
+        n_steps = len(sizes)
+        if n_steps < k_max:  # the same shapes every call: one compile
+            idx = np.pad(idx, ((0, k_max - n_steps), (0, 0), (0, 0)))
+            sizes = np.pad(sizes, (0, k_max - n_steps), constant_values=1)
+        weights, self.slots, self.step, loss, correct = self.program.train_steps(
+            self.weights(), self.slots, self.step, self.lr, x, y, tf.constant(idx), tf.constant(sizes),
+            tf.constant(n_steps))
+        for var, w in zip(self.variables, weights, strict=True):
+            var.assign(w)
+        self.has_opt_state = True
+        return loss.numpy(), correct.numpy()
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy per replicate, all replicates in one product per chunk."""
@@ -164,7 +266,7 @@ class _Pack:
             if valid < chunk:
                 xs = tf.pad(xs, [[0, chunk - valid], [0, 0]])
                 ys = tf.pad(ys, [[0, chunk - valid]])
-            chunk_loss, chunk_correct = self.eval_chunk(xs, ys, tf.constant(valid))
+            chunk_loss, chunk_correct = self.program.eval_chunk(self.weights(), xs, ys, tf.constant(valid))
             loss += chunk_loss.numpy()
             correct += chunk_correct.numpy()
         return loss / n, correct / n
@@ -172,13 +274,16 @@ class _Pack:
     def state(self, pos: int) -> State:
         out = {f"w/{j}": np.array(var.numpy()[pos]) for j, var in enumerate(self.variables)}
         if self.has_opt_state:
-            out["opt/iteration"] = np.asarray(self.optimizer.iterations.numpy(), dtype=np.int64)
-            out.update({key: np.array(var.numpy()[pos]) for key, var in self.slots.items()})
+            out["opt/iteration"] = np.asarray(self.step.numpy(), dtype=np.int64)
+            for j, slots in enumerate(self.slots):
+                for name, slot in zip(self.program.slot_names(), slots, strict=True):
+                    out[f"opt/{name}/{j}"] = np.array(slot.numpy()[pos])
         return out
 
 
 class PackedTrainer:
-    """Replicates of one config as one packed Keras model (see the module docstring)."""
+    """Replicates of one config as packed Keras models (see the module docstring): one pack per
+    CPU core, trained in parallel threads (XLA runs each pack's loop on one core)."""
 
     def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]):
         self.spec, self.seeds = spec, list(seeds)
@@ -190,77 +295,87 @@ class PackedTrainer:
         # One chunk shape for both splits: one compile of the evaluation function.
         self.chunk = min(EVAL_CHUNK, max(len(data.x_train), len(data.x_test)))
         self.active = list(range(len(seeds)))  # replicates still trained
-        self.pack = _Pack(spec, full)
-        self.slots = list(self.active)  # the replicate at each pack position, dropped ones included
+        groups = np.array_split(np.arange(len(seeds)), min(pack_count(), len(seeds)))
+        self.packs = [self._pack([int(i) for i in g], [full[i] for i in g]) for g in groups]
 
-    def _rebuild_if_sparse(self) -> None:
+    def _pack(self, members: list[int], states: list[State]) -> _Pack:
+        return _Pack(self.spec, members, [self.seeds[i] for i in members], states)
+
+    def _locate(self, replicate: int) -> tuple[_Pack, int]:
+        for pack in self.packs:
+            if replicate in pack.members:
+                return pack, pack.members.index(replicate)
+        raise KeyError(f"replicate {replicate} is not in this trainer")
+
+    def _each(self, fn: Callable[[_Pack], T]) -> list[T]:
+        """fn on every pack, packs in parallel threads (TensorFlow releases the GIL while it runs)."""
+        if len(self.packs) == 1:
+            return [fn(self.packs[0])]
+        with ThreadPoolExecutor(len(self.packs)) as pool:
+            return list(pool.map(fn, self.packs))
+
+    def _rebuild_sparse_packs(self) -> None:
         # Dropped replicates keep computing (harmlessly: nothing crosses replicates) until at most
-        # half the pack is live; then a smaller pack is worth its recompile.
-        if 0 < len(self.active) <= self.pack.r // 2:
-            states = [self.state(i) for i in self.active]
-            self.pack = _Pack(self.spec, states)
-            self.slots = list(self.active)
+        # half a pack is live; then a smaller pack is worth its recompile.
+        packs = []
+        for pack in self.packs:
+            live = [i for i in pack.members if i in self.active]
+            if live and len(live) <= pack.r // 2:
+                pack = self._pack(live, [pack.state(pack.members.index(i)) for i in live])
+            if live:
+                packs.append(pack)
+        self.packs = packs
 
-    def _metrics(self, loss: np.ndarray, acc: np.ndarray, val_loss: np.ndarray,
-                 val_acc: np.ndarray) -> dict[int, EpochMetrics]:
-        return {i: {"loss": float(loss[p]), "accuracy": float(acc[p]),
-                    "val_loss": float(val_loss[p]), "val_accuracy": float(val_acc[p])}
-                for i, p in ((i, self.slots.index(i)) for i in self.active)}
+    def _metrics(self, train: list[tuple[np.ndarray, np.ndarray]],
+                 test: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, EpochMetrics]:
+        out = {}
+        for pack, (loss, acc), (val_loss, val_acc) in zip(self.packs, train, test, strict=True):
+            for p, i in enumerate(pack.members):
+                if i in self.active:
+                    out[i] = {"loss": float(loss[p]), "accuracy": float(acc[p]),
+                              "val_loss": float(val_loss[p]), "val_accuracy": float(val_acc[p])}
+        return out
 
     def evaluate(self) -> dict[int, EpochMetrics]:
-        loss, acc = self.pack.evaluate(self.x_train, self.y_train, self.chunk)
-        val_loss, val_acc = self.pack.evaluate(self.x_test, self.y_test, self.chunk)
-        return self._metrics(loss, acc, val_loss, val_acc)
-
-    def _epoch_batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per step, each pack slot's batch indices (steps, R, B) and the step's batch size."""
-        n, batch = int(self.x_train.shape[0]), self.spec.batch_size
-        steps = math.ceil(n / batch)
-        orders = np.zeros((self.pack.r, steps * batch), np.int32)
-        for p, i in enumerate(self.slots):
-            orders[p, :n] = epoch_order(self.seeds[i], epoch, n)
-        sizes = np.full(steps, batch, np.float32)
-        sizes[-1] = n - (steps - 1) * batch
-        return orders.reshape(self.pack.r, steps, batch).transpose(1, 0, 2), sizes
+        train = self._each(lambda p: p.evaluate(self.x_train, self.y_train, self.chunk))
+        return self._metrics(train, self._each(lambda p: p.evaluate(self.x_test, self.y_test, self.chunk)))
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
-        if not self.active:
-            return {}
-        self._rebuild_if_sparse()
-        idx, sizes = self._epoch_batches(epoch)
-        k_max = min(STEPS_PER_CALL, len(sizes))
-        loss_sum = np.zeros(self.pack.r, np.float32)
-        correct = np.zeros(self.pack.r, np.float32)
-        for start in range(0, len(sizes), k_max):
+        self._rebuild_sparse_packs()
+        n, batch = int(self.x_train.shape[0]), self.spec.batch_size
+        plans = {id(p): p.epoch_batches(epoch, n, batch) for p in self.packs}
+        steps = math.ceil(n / batch)
+        k_max = min(STEPS_PER_CALL, steps)
+        sums = {id(p): (np.zeros(p.r, np.float32), np.zeros(p.r, np.float32)) for p in self.packs}
+        for start in range(0, steps, k_max):
             if should_stop():
                 return None
-            chunk_idx, chunk_sizes = idx[start:start + k_max], sizes[start:start + k_max]
-            n_steps = len(chunk_sizes)
-            if n_steps < k_max:  # same shapes every call: one compile
-                chunk_idx = np.pad(chunk_idx, ((0, k_max - n_steps), (0, 0), (0, 0)))
-                chunk_sizes = np.pad(chunk_sizes, (0, k_max - n_steps), constant_values=1)
-            s, c = self.pack.train_steps(self.x_train, self.y_train, tf.constant(chunk_idx),
-                                         tf.constant(chunk_sizes), tf.constant(n_steps))
-            loss_sum += s.numpy()
-            correct += c.numpy()
-        self.pack.has_opt_state = True
-        n = float(self.x_train.shape[0])
-        val_loss, val_acc = self.pack.evaluate(self.x_test, self.y_test, self.chunk)
-        return self._metrics(loss_sum / np.float32(n), correct / np.float32(n), val_loss, val_acc)
+
+            def run(p: _Pack, start: int = start) -> tuple[np.ndarray, np.ndarray]:
+                idx, sizes = plans[id(p)]
+                return p.train_chunk(self.x_train, self.y_train, idx[start:start + k_max],
+                                     sizes[start:start + k_max], k_max)
+
+            for p, (loss, correct) in zip(self.packs, self._each(run), strict=True):
+                sums[id(p)][0][:] += loss
+                sums[id(p)][1][:] += correct
+        train = [(sums[id(p)][0] / np.float32(n), sums[id(p)][1] / np.float32(n)) for p in self.packs]
+        return self._metrics(train, self._each(lambda p: p.evaluate(self.x_test, self.y_test, self.chunk)))
 
     def state(self, replicate: int) -> State:
-        return self.pack.state(self.slots.index(replicate))
+        pack, pos = self._locate(replicate)
+        return pack.state(pos)
 
     def drop(self, replicate: int) -> None:
         if replicate in self.active:
             self.active.remove(replicate)
 
     def predict(self, replicate: int, x: np.ndarray) -> np.ndarray:
+        pack, pos = self._locate(replicate)
         flat = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
-        pos = self.slots.index(replicate)
-        outs = [self.pack.output_activation(self.pack.model(flat[s:s + self.chunk]))[pos]
+        outs = [np.asarray(pack.model(flat[s:s + self.chunk])[pos])
                 for s in range(0, len(x), self.chunk)]
-        return np.concatenate([np.asarray(o) for o in outs]) if outs else np.zeros((0, 10), np.float32)
+        return np.concatenate(outs) if outs else np.zeros((0, 10), np.float32)
 
     def save_keras(self, replicate: int, path: str) -> None:
         model = compiled_model(self.spec, self.seeds[replicate])

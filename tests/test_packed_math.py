@@ -1,0 +1,257 @@
+"""The packed trainer computes what separate Keras models compute, replicate by replicate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+import keras
+
+from app.spec import TrainSpec
+from worker import keras_packed
+from worker.keras_models import compiled_model, fresh_state, get_state, set_state
+from worker.keras_packed import PackedTrainer
+from worker.keras_single import SingleTrainer
+from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order
+
+SEEDS = [3, 17, 40]
+BATCH = 32  # 200 training images: six full batches and a partial one of 8
+
+
+def never() -> bool:
+    return False
+
+
+def make_data(n_train: int = 200, n_test: int = 100) -> PreparedData:
+    """Noisy copies of ten random prototypes: learnable, so losses and accuracies move."""
+    rng = np.random.default_rng(0)
+    protos = rng.random((10, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, n_train + n_test)
+    x = 0.6 * protos[y] + 0.4 * rng.random((len(y), 28, 28), dtype=np.float32)
+    return PreparedData(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def make_spec(hidden: list[int], output: str, loss: str, optimizer: str, lr: float | None = None,
+              activation: str = "relu") -> TrainSpec:
+    opt: dict[str, Any] = {"name": optimizer} | ({"learning_rate": lr} if lr else {})
+    return TrainSpec.model_validate({
+        "model": {"hidden": hidden, "activation": activation, "output_activation": output},
+        "loss": loss, "optimizer": opt, "batch_size": BATCH,
+    })
+
+
+@pytest.fixture
+def one_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All replicates in one pack (one compile; the default splits them over the CPU cores)."""
+    monkeypatch.setattr(keras_packed, "pack_count", lambda: 1)
+
+
+def keras_reference(model: keras.Sequential, spec: TrainSpec, seed: int, data: PreparedData,
+                    epochs: int) -> tuple[list[EpochMetrics], State]:
+    """A standalone Sequential, reset to the seed's fresh state, trained batch by batch in the
+    replicate's own order (one model for all seeds: Keras compiles its train step once)."""
+    state = fresh_state(spec, seed)
+    if model.optimizer.built:  # a fresh optimizer: step 0, all slots zero
+        state |= {k: np.zeros_like(v) for k, v in get_state(model).items() if k.startswith("opt/")}
+    set_state(model, state)
+    y_train, y_test = data.targets(spec.loss, "train"), data.targets(spec.loss, "test")
+    n = len(data.x_train)
+    history = []
+    for epoch in range(1, epochs + 1):
+        order = epoch_order(seed, epoch, n)
+        loss = acc = 0.0
+        for start in range(0, n, spec.batch_size):
+            batch = order[start:start + spec.batch_size]
+            logs = model.train_on_batch(data.x_train[batch], y_train[batch], return_dict=True)
+            # Keras' history weights each batch's mean by its size.
+            loss += logs["loss"] * len(batch)
+            acc += logs["accuracy"] * len(batch)
+        val_loss, val_acc = model.evaluate(data.x_test, y_test, batch_size=spec.batch_size, verbose=0)
+        history.append({"loss": loss / n, "accuracy": acc / n, "val_loss": val_loss, "val_accuracy": val_acc})
+    return history, get_state(model)
+
+
+def assert_metrics_close(got: EpochMetrics, want: EpochMetrics, tol: float) -> None:
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key], rel=tol, abs=tol), key
+
+
+def assert_states_close(got: State, want: State, tol: float) -> None:
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].shape == want[key].shape, key
+        np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=key)
+
+
+CASES = [  # hidden, output, loss, optimizer, learning rate, hidden activation
+    pytest.param([16], "relu", "mse", "sgd", 0.1, "relu", id="study-baseline"),
+    pytest.param([], "softmax", "sparse_categorical_crossentropy", "adam", None, "relu", id="no-hidden"),
+    pytest.param([8, 8, 8], "softmax", "sparse_categorical_crossentropy", "rmsprop", None, "relu",
+                 id="three-hidden"),
+    pytest.param([12], "relu", "mse", "adam", None, "relu", id="relu-mse-adam"),
+    pytest.param([8], "softmax", "mse", "rmsprop", None, "tanh", id="softmax-mse"),
+    # Keras takes a sigmoid output's own logits and applies a softmax crossentropy to them.
+    pytest.param([6], "sigmoid", "sparse_categorical_crossentropy", "adam", None, "relu", id="sigmoid-ce"),
+    pytest.param([8], "linear", "mse", "sgd", 0.05, "sigmoid", id="linear-mse"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+@pytest.mark.parametrize(("hidden", "output", "loss", "optimizer", "lr", "activation"), CASES)
+def test_packed_matches_separate_keras_models(hidden: list[int], output: str, loss: str, optimizer: str,
+                                              lr: float | None, activation: str) -> None:
+    spec = make_spec(hidden, output, loss, optimizer, lr, activation)
+    data = make_data()
+    packed = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    history = [packed.train_epoch(epoch, never) for epoch in (1, 2)]
+    model = compiled_model(spec, SEEDS[0])
+    for r, seed in enumerate(SEEDS):
+        want_history, want_state = keras_reference(model, spec, seed, data, epochs=2)
+        for got, want in zip(history, want_history, strict=True):
+            assert got is not None
+            assert_metrics_close(got[r], want, 1e-5)
+        assert_states_close(packed.state(r), want_state, 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "relu", "linear"])
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "mse"])
+def test_evaluate_matches_keras_evaluate(output: str, loss: str) -> None:
+    # Training through relu or linear outputs with crossentropy is too ill-conditioned to compare
+    # (Keras clips them to [eps, 1 - eps], and the gradient of log(p) near eps amplifies rounding
+    # a millionfold), so its formula is pinned here, on the loss of fixed weights.
+    spec = make_spec([8], output, loss, "sgd")
+    data = make_data(64, 32)
+    got = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS)).evaluate()
+    model = compiled_model(spec, SEEDS[0])
+    for r, seed in enumerate(SEEDS):
+        set_state(model, fresh_state(spec, seed))
+        for split, prefix in (("train", ""), ("test", "val_")):
+            x = data.x_train if split == "train" else data.x_test
+            want_loss, want_acc = model.evaluate(x, data.targets(loss, split), verbose=0)
+            assert got[r][f"{prefix}loss"] == pytest.approx(want_loss, rel=1e-5)
+            assert got[r][f"{prefix}accuracy"] == pytest.approx(want_acc, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_packed_agrees_with_single_trainer() -> None:
+    spec = make_spec([16], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data()
+    packed = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    single = SingleTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    assert len({id(p.program) for p in packed.packs}) == 1  # one compiled program per architecture
+    results: list[tuple[dict[int, EpochMetrics] | None, dict[int, EpochMetrics] | None]]
+    results = [(packed.evaluate(), single.evaluate())]
+    results += [(packed.train_epoch(e, never), single.train_epoch(e, never)) for e in (1, 2)]
+    for got, want in results:
+        assert got is not None and want is not None
+        assert sorted(got) == sorted(want) == [0, 1, 2]
+        for r in got:
+            assert_metrics_close(got[r], want[r], 1e-5)
+    for r in range(len(SEEDS)):
+        assert_states_close(packed.state(r), single.state(r), 1e-4)
+
+
+def test_initial_weights_are_standalone_glorot_uniform() -> None:
+    spec = make_spec([256], "softmax", "sparse_categorical_crossentropy", "adam")
+    packed = PackedTrainer(spec, [0, 1, 2], make_data(20, 10), [None, None, None])
+    states = [packed.state(r) for r in range(3)]
+    for r, state in enumerate(states):
+        assert sorted(state) == ["w/0", "w/1", "w/2", "w/3"]  # no optimizer state before training
+        for key, (fan_in, fan_out) in (("w/0", (784, 256)), ("w/2", (256, 10))):
+            w = state[key].astype(np.float64)
+            assert w.shape == (fan_in, fan_out)
+            limit = np.sqrt(6 / (fan_in + fan_out))
+            assert np.abs(w).max() <= limit
+            assert abs(w.mean()) < 4 * limit / np.sqrt(3 * w.size)  # four standard errors
+            # Variance of U(-a, a) is a^2/3; its sampling error is a^2 sqrt(4/45/size).
+            assert w.var() == pytest.approx(2 / (fan_in + fan_out), abs=4 * limit**2 * np.sqrt(4 / 45 / w.size))
+        assert not state["w/1"].any() and not state["w/3"].any()
+        assert_states_close(state, fresh_state(spec, [0, 1, 2][r]), 0)
+    assert not np.allclose(states[0]["w/0"], states[1]["w/0"])
+    assert not np.allclose(states[1]["w/2"], states[2]["w/2"])
+
+
+def test_pack_refuses_replicates_at_different_steps() -> None:
+    spec = make_spec([4], "softmax", "sparse_categorical_crossentropy", "sgd")
+    behind = fresh_state(spec, 1) | {"opt/iteration": np.asarray(3, np.int64)}
+    with pytest.raises(ValueError, match="same optimizer step"):
+        keras_packed._Pack(spec, [0, 1], [0, 1], [fresh_state(spec, 0), behind])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+def test_resume_from_state_continues_identically() -> None:
+    spec = make_spec([8], "relu", "mse", "adam")
+    data = make_data()
+    straight = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    want = [straight.train_epoch(e, never) for e in (1, 2)][1]
+    first = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    first.train_epoch(1, never)
+    states: list[State | None] = [first.state(r) for r in range(len(SEEDS))]
+    assert all(s is not None and int(s["opt/iteration"]) == 7 for s in states)
+    resumed = PackedTrainer(spec, SEEDS, data, states)
+    single = SingleTrainer(spec, SEEDS, data, states)
+    got, got_single = resumed.train_epoch(2, never), single.train_epoch(2, never)
+    assert want is not None and got is not None and got_single is not None
+    for r in range(len(SEEDS)):
+        assert_metrics_close(got[r], want[r], 1e-6)
+        assert_states_close(resumed.state(r), straight.state(r), 1e-6)
+        assert_metrics_close(got_single[r], want[r], 1e-5)
+        assert_states_close(single.state(r), straight.state(r), 1e-4)
+
+
+@pytest.mark.slow
+def test_drop_leaves_other_replicates_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keras_packed, "pack_count", lambda: 1)  # one pack: masking, then a rebuild
+    spec = make_spec([8], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data()
+    seeds = [*SEEDS, 99]
+    straight = PackedTrainer(spec, seeds, data, [None] * len(seeds))
+    want = [straight.train_epoch(e, never) for e in (1, 2, 3)]
+    dropping = PackedTrainer(spec, seeds, data, [None] * len(seeds))
+    got = [dropping.train_epoch(1, never)]
+    dropping.drop(1)  # 3 of 4 left: the pack keeps its shape
+    got.append(dropping.train_epoch(2, never))
+    dropping.drop(3)  # 2 of 4 left: the pack is rebuilt from the survivors' states
+    got.append(dropping.train_epoch(3, never))
+    assert [sorted(g or {}) for g in got] == [[0, 1, 2, 3], [0, 2, 3], [0, 2]]
+    assert len(dropping.packs) == 1 and dropping.packs[0].r == 2
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and w is not None
+        for r in g:
+            assert_metrics_close(g[r], w[r], 1e-5)
+    for r in (0, 2):
+        assert_states_close(dropping.state(r), straight.state(r), 1e-5)
+
+
+@pytest.mark.slow
+def test_stop_predict_and_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec([8], "softmax", "sparse_categorical_crossentropy", "sgd")
+    data = make_data(400, 50)  # 13 steps: stop is looked at between chunks of steps
+    monkeypatch.setattr(keras_packed, "STEPS_PER_CALL", 4)
+    trainer = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    calls: list[int] = []
+
+    def third_look() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    assert trainer.train_epoch(1, third_look) is None
+    assert len(calls) == 3
+    out = trainer.predict(1, data.x_test[:5])
+    assert out.shape == (5, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-5)
+    path = str(tmp_path / "model.keras")
+    trainer.save_keras(1, path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(data.x_test[:5], verbose=0), out, rtol=1e-5, atol=1e-6)
+    weights = {k: v for k, v in trainer.state(1).items() if k.startswith("w/")}
+    assert_states_close({k: v for k, v in get_state(loaded).items() if k.startswith("w/")}, weights, 0)
