@@ -120,6 +120,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def healthy(port: int) -> bool:
+    """Whether a sweeplab server on this port answers /api/health with 200."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def sweeplab_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweeplab.cli", *args]
 
@@ -139,11 +147,8 @@ class LiveServer:
                                      env=settings_env(self.settings, **self.env), stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if healthy(self.port):
+                return self
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)

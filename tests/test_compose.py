@@ -10,13 +10,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from app.config import PROJECT_ROOT
 from sweeplab.cli import build_parser
-from tests.conftest import free_port, sweeplab_command, wait_for
+from tests.conftest import free_port, healthy, sweeplab_command, wait_for
 
 COMPOSE = shutil.which("docker-compose")
 SUBCOMMANDS = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
@@ -101,13 +100,6 @@ def _local(command: list[str], port: int) -> list[str]:
     return out
 
 
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.mark.timeout(180)
 def test_each_service_command_runs_as_a_plain_process(compose: dict[str, Any], database_url: str,
                                                       tmp_path: Path) -> None:
@@ -128,7 +120,7 @@ def test_each_service_command_runs_as_a_plain_process(compose: dict[str, Any], d
                 assert proc.wait(60) == 0, log.read_text()
                 continue
             if command[1] in ("serve", "up"):
-                wait_for(lambda port=port: _healthy(port), 60, 0.2, f"{name} to answer")
+                wait_for(lambda port=port: healthy(port), 60, 0.2, f"{name} to answer")
             else:
                 wait_for(lambda log=log: "started (" in log.read_text(errors="replace"), 60, 0.2, f"{name} to start")
             assert proc.poll() is None, log.read_text()

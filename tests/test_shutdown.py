@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, select, text
 
@@ -20,7 +19,7 @@ from app.db import get_engine
 from app.migrate import head_revision
 from app.models import Run, RunEvent, RunStatus
 from tests import test_crash
-from tests.conftest import free_port, settings_env, start_worker, sweeplab_command, wait_for
+from tests.conftest import free_port, healthy, settings_env, start_worker, sweeplab_command, wait_for
 from tests.test_crash import all_final, check_exactly_once, runs_held, submit
 
 # The crash tests' fixtures: short leases, one run per claim, worker fleets.
@@ -84,13 +83,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["SIGTERM to sweeplab up", "SIGINT to its process group (Ctrl-C)"])
 def test_sweeplab_up_stops_all_its_children(how: str, crash_settings: Settings, crash_engine: Engine,
@@ -103,7 +95,7 @@ def test_sweeplab_up_stops_all_its_children(how: str, crash_settings: Settings, 
     try:
         sweep_id = submit(crash_engine, crash_settings, name="up", epochs=40, replicates=4)
         wait_for(lambda: _statuses(crash_engine, sweep_id).count("running") == 2, 60, 0.1, "two runs training")
-        wait_for(lambda: _healthy(port), 60, 0.2, "the dashboard")
+        wait_for(lambda: healthy(port), 60, 0.2, "the dashboard")
         children = _children(up.pid)
         assert len(children) == 3, children  # the server and two workers
         if how.startswith("SIGTERM"):
@@ -144,7 +136,7 @@ def test_concurrent_start_on_an_empty_database_migrates_once(crash_settings: Set
         migrators = [spawn("migrate"), spawn("migrate")]
         assert [m.wait(60) for m in migrators] == [0, 0]
 
-        wait_for(lambda: _healthy(port), 60, 0.2, "the server")
+        wait_for(lambda: healthy(port), 60, 0.2, "the server")
         wait_for(lambda: sum("started (pack size" in p.read_text(errors="replace") for p in logs) >= 4, 60, 0.2,
                  "four workers to start")
         assert all(p.poll() is None for p in procs if p not in migrators), "a process died at start"
