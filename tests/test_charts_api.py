@@ -242,6 +242,15 @@ def test_axes_are_readable(values: list[Any], kind: str, x: list[Any]) -> None:
         assert axis["labels"] == ["[32, 32]", "[32, 64]", "[32, 256]"] and "layer 2" in axis["title"]
 
 
+def approx_nested(value: Any) -> Any:
+    """VALUE with every float compared to 1e-12 relative: far tighter than any real change."""
+    if isinstance(value, dict):
+        return {k: approx_nested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [approx_nested(v) for v in value]
+    return pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
+
+
 def test_cached_aggregates_follow_epochs_retries_and_late_rows(client: TestClient, engine: Engine) -> None:
     """The cache recomputes only changed configs; after each kind of change it must equal a fresh read."""
     sweep = seed_sweep(engine, WIDTHS_SPEC, upto=lambda pos, seed: 2)
@@ -251,7 +260,8 @@ def test_cached_aggregates_follow_epochs_retries_and_late_rows(client: TestClien
         cached = client.get(url).json()
         charts.memo.clear()
         fresh = client.get(url).json()
-        assert cached["series"] == fresh["series"]
+        # PostgreSQL may sum a group's rows in any order: equal up to float rounding, not bit for bit.
+        assert cached["series"] == approx_nested(fresh["series"])
 
     cached_equals_fresh()
     runs = list_runs(engine, sweep.id)
@@ -277,4 +287,4 @@ def test_aggregates_of_some_configs_of_a_sweep(client: TestClient, engine: Engin
     body = client.get(f"/api/sweeps/{sweep.id}/aggregates", params={"configs": f"{ids[2]}", "keys": ["loss"]}).json()
     assert list(body["series"]) == [str(ids[2])] and [c["id"] for c in body["configs"]] == [ids[2]]
     full = client.get(f"/api/sweeps/{sweep.id}/aggregates", params={"keys": ["loss"]}).json()
-    assert body["series"][str(ids[2])] == full["series"][str(ids[2])]
+    assert body["series"][str(ids[2])] == approx_nested(full["series"][str(ids[2])])

@@ -181,22 +181,27 @@ def sweep_configs(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
 # ---- aggregated curves -----------------------------------------------------------------------
 
 def _aggregate_key(engine: Engine, key: str, scope: Scope) -> dict[int, dict[str, list[Any]]]:
-    """Per config, the epoch-by-epoch mean/std/min/max/n of KEY over its replicates."""
+    """Per config, the epoch-by-epoch mean/std/min/max/n of KEY over its replicates.
+
+    The variance is two-pass (sum of squared deviations from the group mean), not E[x^2] - E[x]^2,
+    which cancels catastrophically when replicates agree and then depends on the summation order."""
+    rows_q = (select(Run.config_id.label("cid"), Metric.epoch.label("ep"), Metric.value.label("v"))
+              .join(Run, Run.id == Metric.run_id).where(scope.where(), Metric.key == key)).cte("vals")
+    means = (select(rows_q.c.cid, rows_q.c.ep, func.avg(rows_q.c.v).label("m"))
+             .group_by(rows_q.c.cid, rows_q.c.ep)).cte("means")
+    dev = rows_q.c.v - means.c.m
     with read_session(engine) as s:
         rows = s.execute(
-            select(Run.config_id, Metric.epoch, func.count(Metric.value), func.avg(Metric.value),
-                   func.min(Metric.value), func.max(Metric.value), func.avg(Metric.value * Metric.value))
-            .join(Run, Run.id == Metric.run_id)
-            .where(scope.where(), Metric.key == key)
-            .group_by(Run.config_id, Metric.epoch)
-            .order_by(Run.config_id, Metric.epoch)
+            select(rows_q.c.cid, rows_q.c.ep, func.count(rows_q.c.v), means.c.m, func.min(rows_q.c.v),
+                   func.max(rows_q.c.v), func.sum(dev * dev))
+            .join(means, and_(means.c.cid == rows_q.c.cid, means.c.ep == rows_q.c.ep))
+            .group_by(rows_q.c.cid, rows_q.c.ep, means.c.m)
+            .order_by(rows_q.c.cid, rows_q.c.ep)
         ).all()
     out: dict[int, dict[str, list[Any]]] = {}
-    for config_id, epoch, n, mean, lo, hi, mean_sq in rows:
+    for config_id, epoch, n, mean, lo, hi, squares in rows:
         col = out.setdefault(config_id, {"epochs": [], "mean": [], "std": [], "min": [], "max": [], "n": []})
-        std = None
-        if n >= 2 and mean is not None and mean_sq is not None:
-            std = math.sqrt(max(0.0, mean_sq - mean * mean) * n / (n - 1))
+        std = math.sqrt(squares / (n - 1)) if n >= 2 and squares is not None else None
         col["epochs"].append(epoch)
         col["n"].append(n)
         for name, v in (("mean", mean), ("std", std), ("min", lo), ("max", hi)):
