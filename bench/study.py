@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--pack-size", type=int, default=None)
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images (a quick look)")
     args = parser.parse_args()
-    results = [run_study(n, args.pack_size, args.train_limit) for n in args.workers]
+    results = []
+    for n in args.workers:
+        results.append(run_study(n, args.pack_size, args.train_limit))
+        print(f"whole study, {n} worker(s): {results[-1]['wall_seconds']} s", flush=True)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
               "cpus": os.cpu_count(), "pack_size": args.pack_size, "train_limit": args.train_limit, "results": results}
     for r in results:
