@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import Float
 
@@ -104,7 +104,3 @@ def read_session(engine: Engine) -> Iterator[Session]:
     with engine.connect().execution_options(sweeplab_readonly=True) as conn:
         with Session(bind=conn, expire_on_commit=False) as session:
             yield session
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)

@@ -76,11 +76,3 @@ def migrate(url: str) -> str | None:
             return current_revision(engine)
     finally:
         engine.dispose()
-
-
-def is_up_to_date(url: str) -> bool:
-    engine = make_engine(url)
-    try:
-        return current_revision(engine) == head_revision(url)
-    finally:
-        engine.dispose()

@@ -253,8 +253,3 @@ def load_checkpoint(engine: Engine, run_id: int) -> tuple[int, bytes] | None:
     with read_session(engine) as s:
         row = s.execute(select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.run_id == run_id)).first()
     return (row.epoch, row.data) if row else None
-
-
-def claim_is_cancelled(engine: Engine, claim: Claim) -> bool:
-    with read_session(engine) as s:
-        return bool(s.scalar(select(Run.cancel_requested).where(Run.id == claim.run_id)))
