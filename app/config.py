@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     pack_size: int = Field(default_factory=_default_pack_size, ge=1, le=256, description="runs per model")
     max_runs_per_sweep: int = Field(default=10_000, ge=1, description="largest sweep accepted")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
+    external_stale_seconds: float = Field(
+        default=180.0, gt=0, description="an external run with no epoch or heartbeat for this long ends failed")
+    sqlite_busy_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="how long a SQLite writer waits for the write lock before an error")
+    pool_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="how long a request waits for a pooled connection before a 503")
+    db_retry_seconds: float = Field(
+        default=30.0, ge=0, description="how long a worker retries a failing database write before giving up")
     trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")
     tf_threads: int = Field(default=0, ge=0, description="TensorFlow intra-op threads (0: TF decides)")
 

@@ -21,8 +21,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import Float
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-_engines: dict[str, Engine] = {}
+from app.config import Settings
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+POOL_TIMEOUT_SECONDS = 2.0
+_engines: dict[tuple[str, float, float], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -49,12 +52,12 @@ def _prepare_sqlite_file(url: str) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def _install_sqlite_hooks(engine: Engine, busy_timeout_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
@@ -66,22 +69,32 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for URL with sweeplab's connection settings."""
+def make_engine(url: str, busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,
+                pool_timeout_seconds: float = POOL_TIMEOUT_SECONDS) -> Engine:
+    """A new engine for URL with sweeplab's connection settings. `pool_timeout_seconds` bounds the
+    wait for a pooled connection (then sqlalchemy.exc.TimeoutError, answered 503 by the server)."""
     if url.startswith("sqlite"):
         _prepare_sqlite_file(url)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-        _install_sqlite_hooks(engine)
+        engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=pool_timeout_seconds,
+                               connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False})
+        _install_sqlite_hooks(engine, busy_timeout_seconds)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=pool_timeout_seconds)
 
 
-def get_engine(url: str) -> Engine:
-    """The process-wide engine for URL (created once)."""
+def get_engine(url: str, busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,
+               pool_timeout_seconds: float = POOL_TIMEOUT_SECONDS) -> Engine:
+    """The process-wide engine for URL and these timeouts (created once)."""
+    key = (url, busy_timeout_seconds, pool_timeout_seconds)
     with _engines_lock:
-        if url not in _engines:
-            _engines[url] = make_engine(url)
-        return _engines[url]
+        if key not in _engines:
+            _engines[key] = make_engine(url, busy_timeout_seconds, pool_timeout_seconds)
+        return _engines[key]
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The process-wide engine that SETTINGS describe (database URL, busy and pool timeouts)."""
+    return get_engine(settings.database_url, settings.sqlite_busy_timeout_seconds, settings.pool_timeout_seconds)
 
 
 def dispose_engines() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,12 +14,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from app.api import charts, exports, external, health, presets, runs, stream, sweeps
 from app.config import PROJECT_ROOT, Settings, get_settings
-from app.db import get_engine
+from app.db import engine_for
 from app.errors import document_error_responses, error_body, install_error_handlers
-from app.services.queue import reap_expired
+from app.services.reaping import reap_all
 from app.spec import SweepSpec
 
 log = logging.getLogger("sweeplab.server")
@@ -41,14 +44,29 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = get_engine(settings.database_url)
+    engine = engine_for(settings)
+
+    async def reap_forever() -> None:
+        # At start (runs left by workers that died while the server was down) and then on a timer:
+        # a server used only for tracking scripts has no worker to do it.
+        while True:
+            try:
+                reaped = await run_in_threadpool(reap_all, engine, settings)
+                if reaped.changed:
+                    log.info("reaper: %s", reaped)
+            except Exception:  # the database may be away; try again next time
+                log.warning("reaper pass failed", exc_info=True)
+            await asyncio.sleep(settings.reap_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        reaped = reap_expired(engine)  # runs left by workers that died while the server was down
-        if reaped.requeued or reaped.failed:
-            log.info("requeued %d and failed %d runs with expired leases", len(reaped.requeued), len(reaped.failed))
-        yield
+        reaper = asyncio.create_task(reap_forever())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
 
     app = FastAPI(title="sweeplab", version="0.1.0", lifespan=lifespan,
                   description="Run, watch and compare many trainings of small Keras models.")

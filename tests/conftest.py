@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.config import PROJECT_ROOT, Settings
-from app.db import dispose_engines, get_engine
+from app.db import dispose_engines, engine_for
 from app.migrate import migrate
 
 PG_URL = os.environ.get("SWEEPLAB_TEST_DATABASE_URL")
@@ -97,7 +97,7 @@ def settings(database_url: str, data_dir: Path, tmp_path: Path) -> Settings:
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
     migrate(settings.database_url)
-    return get_engine(settings.database_url)
+    return engine_for(settings)
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -14,8 +14,9 @@ from types import FrameType
 from sqlalchemy import Engine
 
 from app.config import Settings
-from app.db import get_engine
-from app.services.queue import claim_runs, reap_expired
+from app.db import engine_for
+from app.services.queue import claim_runs
+from app.services.reaping import reap_all
 from worker.trainer import TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
@@ -58,7 +59,7 @@ class Worker:
 
     def __init__(self, settings: Settings, engine: Engine | None = None, worker_id: str | None = None):
         self.settings = settings
-        self.engine = engine or get_engine(settings.database_url)
+        self.engine = engine or engine_for(settings)
         self.worker_id = worker_id or new_worker_id()
         self.shutdown = threading.Event()
         self._factory: TrainerFactory | None = None
@@ -81,10 +82,9 @@ class Worker:
         now = time.monotonic()
         if now - self._last_reap >= self.settings.reap_seconds:
             self._last_reap = now
-            result = reap_expired(self.engine)
-            if result.requeued or result.failed or result.cancelled:
-                log.info("reaper: requeued %s, failed %s, cancelled %s", result.requeued, result.failed,
-                         result.cancelled)
+            result = reap_all(self.engine, self.settings)
+            if result.changed:
+                log.info("reaper: %s", result)
 
     def step(self) -> bool:
         """Reap if due, claim one pack and train it; False when nothing was queued."""
