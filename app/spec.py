@@ -14,7 +14,18 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from app.text import encodable, first_unencodable
 
 MAX_RUNS_PER_SWEEP = 10_000
 MAX_HIDDEN_LAYERS = 10
@@ -33,6 +44,26 @@ OptimizerName = Literal["sgd", "adam", "rmsprop"]
 DEFAULT_LEARNING_RATE: dict[str, float] = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001}
 
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+SURROGATE_MESSAGE = "text with a lone surrogate character cannot be stored"
+
+
+def storable(value: str) -> bool:
+    """Whether both databases store VALUE alike: UTF-8 encodable and no NUL (PostgreSQL's text
+    refuses NUL where SQLite keeps it)."""
+    return encodable(value) and "\x00" not in value
+
+
+def _check_storable(value: str) -> str:
+    """Unstorable text is a 422 at its field instead of a driver error (a 500, or a broken stream)."""
+    if not encodable(value):
+        raise ValueError(SURROGATE_MESSAGE)
+    if "\x00" in value:
+        raise ValueError("text with a NUL character cannot be stored")
+    return value
+
+
+# A string that reaches a text column or a query on one (names, filters, metric keys).
+StoredText = Annotated[str, AfterValidator(_check_storable)]
 
 
 class _Strict(BaseModel):
@@ -81,12 +112,24 @@ class TrainSpec(_Strict):
 class SweepSpec(TrainSpec):
     """A sweep: a base config, the seeds to replicate over and the grid of settings to vary."""
 
-    name: str = Field(min_length=1, max_length=200)
-    study: str | None = Field(default=None, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
+    study: StoredText | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
     replicates: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, max_length=MAX_SEEDS)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unstorable(cls, data: Any) -> Any:
+        """Refuse text neither database can store (a lone surrogate, JSON "\\ud800") anywhere in the
+        spec, keys included, with the error at that field: unchecked, it reaches the driver as a 500."""
+        where = first_unencodable(data)
+        if where is not None:
+            error = PydanticCustomError("unstorable_text", SURROGATE_MESSAGE)
+            loc = tuple(where.split("."))
+            raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(type=error, loc=loc, input=data)])
+        return data
 
     @field_validator("name", "study")
     @classmethod

@@ -66,6 +66,34 @@ def test_invalid_spec_is_a_422_naming_the_field(api: TestClient, patch: dict[str
     assert "Traceback" not in r.text
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [('"name": "\\ud800"', "name"), ('"name": "a", "study": "x\\udc00"', "study"),
+     ('"name": "a", "grid": {"\\ud800": [1]}', "grid.<key>"),
+     ('"name": "a", "grid": {"model.activation": ["relu", "\\ud800"]}', "grid.model.activation.1"),
+     ('"name": "a\\u0000b"', "name"), ('"name": "a", "study": "\\u0000"', "study")],
+)
+def test_text_that_cannot_be_stored_is_a_422_naming_the_field(api: TestClient, body: str, field: str) -> None:
+    # Raw JSON: the escapes reach the server as a lone surrogate or a NUL, as a hostile client sends them.
+    r = api.post("/api/sweeps", content="{" + body + "}", headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_spec" and [f["loc"] for f in err["fields"]] == [field]
+    assert err["message"].startswith(f"{field}: text with a ")
+    assert api.get("/api/sweeps").json() == []
+
+
+def test_filters_with_text_that_cannot_be_stored(api: TestClient) -> None:
+    sweep = api.post("/api/sweeps", json={**CHECK_SPEC, "study": "s"}).json()
+    run_id = api.get(f"/api/sweeps/{sweep['id']}/runs").json()[0]["id"]
+    for study in ("%00", "a%00b", "%ED%A0%80"):  # NUL, and UTF-8 bytes of a surrogate (decoded as U+FFFD)
+        r = api.get(f"/api/sweeps?study={study}")
+        assert r.status_code == 200 and r.json() == [], r.text
+    r = api.get(f"/api/runs/{run_id}/metrics?keys=a%00b")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "keys", 0]
+    assert api.get(f"/api/runs/{run_id}/metrics?keys=%ED%A0%80").json()["series"] == {}
+
+
 def test_not_json_is_a_clear_422(api: TestClient) -> None:
     r = api.post("/api/sweeps", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]

@@ -74,6 +74,26 @@ def test_bad_values_are_rejected_with_their_path(data: dict[str, Any], loc: str)
     assert loc in error_locs(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        ({"name": "a\ud800"}, "name"),
+        ({"name": "x", "study": "\udfff"}, "study"),
+        ({"name": "x", "description": "\ud800"}, "description"),
+        ({"name": "x", "\ud800": 1}, "<key>"),
+        ({"name": "x", "limit": {"\ud800": 1}}, "limit.<key>"),
+        ({"name": "x", "grid": {"\ud800": [1]}}, "grid.<key>"),
+        ({"name": "x", "grid": {"dataset": ["mnist", "\ud800"]}}, "grid.dataset.1"),
+        ({"name": "x", "grid": {"model.hidden": [[{"\ud800": 1}]]}}, "grid.model.hidden.0.0.<key>"),
+        ({"name": "a\x00b"}, "name"),
+        ({"name": "x", "study": "\x00"}, "study"),
+    ],
+)
+def test_text_the_databases_cannot_store_is_refused_at_its_field(data: dict[str, Any], loc: str) -> None:
+    # A lone surrogate (JSON "\ud800") cannot be encoded as UTF-8; PostgreSQL's text refuses NUL.
+    assert error_locs(data) == [loc]
+
+
 def test_replicates_and_seeds_are_exclusive() -> None:
     with pytest.raises(ValidationError, match="either replicates or seeds"):
         spec(replicates=2, seeds=[1, 2])

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from app.api.deps import EngineDep, Guarded
 from app.schemas import ArtifactInfo, RunMetrics, RunPublic
 from app.services import runs as run_service
+from app.spec import StoredText
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -18,7 +19,7 @@ def read_run(run_id: int, engine: EngineDep) -> RunPublic:
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetrics)
-def read_run_metrics(run_id: int, engine: EngineDep, keys: list[str] | None = Query(None)) -> RunMetrics:
+def read_run_metrics(run_id: int, engine: EngineDep, keys: list[StoredText] | None = Query(None)) -> RunMetrics:
     """Columnar series per key: {"epochs": [...], "values": [...]}; NaN/inf as null."""
     return run_service.run_metrics(engine, run_id, keys)
 

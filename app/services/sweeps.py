@@ -11,7 +11,7 @@ from app.db import db_now, read_session, write_session
 from app.errors import InvalidSpec, SweepNotFound
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunStatus, Sweep
 from app.schemas import ConfigPublic, StatusCounts, SweepPublic, iso
-from app.spec import SweepSpec, describe_params
+from app.spec import SweepSpec, describe_params, storable
 
 INSERT_CHUNK = 1000
 
@@ -77,6 +77,8 @@ def _config_counts(engine: Engine, sweep_ids: list[int]) -> dict[int, int]:
 def list_sweeps(engine: Engine, study: str | None = None, status: str | None = None,
                 limit: int = 200, offset: int = 0) -> list[SweepPublic]:
     """Newest first; `status` keeps sweeps that have at least one run in that status."""
+    if study is not None and not storable(study):
+        return []  # no stored sweep has it (specs refuse it), and PostgreSQL cannot even compare it
     with read_session(engine) as s:
         q = select(Sweep).order_by(Sweep.id.desc())
         if study is not None:
@@ -143,6 +145,7 @@ def parse_spec(data: Any) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        fields = [{"loc": ".".join(str(p) for p in e["loc"]) or "spec", "msg": e["msg"]} for e in exc.errors()]
+        fields = [{"loc": ".".join(str(p) for p in e["loc"]) or "spec", "msg": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors()]
         message = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields[:5])
         raise InvalidSpec(message, fields) from None
