@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 log = logging.getLogger("sweeplab.errors")
 
@@ -61,6 +63,16 @@ class PayloadTooLarge(SweeplabError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(SweeplabError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+RETRY_AFTER_SECONDS = 2  # what a 503 asks clients to wait: about one pool timeout
+HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
 def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The error envelope: {"error": {"code", "message"[, "fields": [{"loc", "msg"}]]}}."""
     body: dict[str, Any] = {"code": code, "message": message}
@@ -74,13 +86,34 @@ def _wants_json(request: Request) -> bool:
 
 
 def _answer(request: Request, status: int, code: str, message: str,
-            fields: list[dict[str, str]] | None = None) -> Response:
-    if _wants_json(request):
-        return JSONResponse(error_body(code, message, fields), status_code=status)
-    templates = request.app.state.templates
+            fields: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    templates = getattr(getattr(request.scope.get("app"), "state", None), "templates", None)
+    if _wants_json(request) or templates is None:
+        return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
     return templates.TemplateResponse(
-        request, "error.html", {"status": status, "code": code, "message": message}, status_code=status
+        request, "error.html", {"status": status, "code": code, "message": message}, status_code=status,
+        headers=headers,
     )
+
+
+def error_response_for_scope(scope: Scope, status: int, code: str, message: str,
+                             headers: dict[str, str] | None = None) -> Response:
+    """The error answer for a request that middleware refuses before routing."""
+    return _answer(Request(scope), status, code, message, headers=headers)
+
+
+def _database_unavailable(request: Request) -> Response:
+    return _answer(request, 503, "database_unavailable",
+                   "the database is busy or unreachable; try again in a moment",
+                   headers={"retry-after": str(RETRY_AFTER_SECONDS)})
+
+
+def _database_away(exc: Exception) -> bool:
+    """Whether EXC means the database cannot be reached now (not that the request is wrong): no
+    pooled connection within the pool timeout, a connection refused or dropped, SQLite locked."""
+    if isinstance(exc, PoolTimeout | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -90,8 +123,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return _answer(request, exc.status_code, code, str(exc.detail))
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
+        return _answer(request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -111,6 +144,16 @@ def install_error_handlers(app: FastAPI) -> None:
         # An id or number too large for the database's integer columns (SQLite raises OverflowError,
         # PostgreSQL "integer out of range"): the input is invalid, not the server broken.
         return _answer(request, 422, "invalid_input", "a number in the request is out of range")
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: Exception) -> Response:
+        # No connection in time, or the database is away: the request may well succeed later.
+        if _database_away(exc):
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                        type(getattr(exc, "orig", None) or exc).__name__)
+            return _database_unavailable(request)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -134,36 +177,58 @@ ERROR_ENVELOPE_SCHEMA: dict[str, Any] = {
 }
 
 
+RESOURCE_QUERY_PARAMETERS = frozenset({"ids", "configs"})  # query parameters that name stored things
+ERROR_REASONS = {
+    "400": "bad request", "401": "API token missing or wrong", "403": "a change from another site's page",
+    "404": "not found", "408": "the request body took too long to arrive",
+    "409": "not allowed in the current state", "413": "request body too large",
+    "415": "a content type this operation does not take", "422": "invalid input",
+    "503": "the database is busy or unreachable: retry after Retry-After seconds",
+}
+
+
+def _error_codes(path: str, method: str, operation: dict[str, Any]) -> list[str]:
+    """Every error status this operation can answer (app.middleware's included)."""
+    parameters = operation.get("parameters") or []
+    takes_input = bool(parameters) or "requestBody" in operation
+    codes = ["503"]  # the pool timed out or the database is away (/api/health says so in its own body)
+    if "{" in path or any(p.get("in") == "query" and p.get("name") in RESOURCE_QUERY_PARAMETERS
+                          for p in parameters):
+        codes.append("404")
+    if method != "get":
+        codes += ["401", "403", "409", "415"]
+    if method != "get" or "requestBody" in operation:
+        codes += ["408", "413"]
+    if takes_input:
+        codes += ["400", "422"]
+    return codes
+
+
 def document_error_responses(openapi: dict[str, Any]) -> None:
-    """Add the error answers every /api operation can give to an OpenAPI document: 404 where the
-    path names a resource, 401/409 for changes, 413 with a body, 400 and 422 with any input (422 in
-    either shape: FastAPI's `detail` list for malformed parameters, the envelope for a bad spec)."""
+    """Add the error answers every /api operation can give to an OpenAPI document, so a client
+    (or schemathesis' status-code check) finds each documented: 503 everywhere, 404 where the
+    path or a query parameter names stored things, 401/403/409/415 for changes, 408/413 with a
+    body, 400 and 422 with any input (422 in either shape: FastAPI's `detail` list for malformed
+    parameters, the envelope for a bad spec)."""
     components = openapi.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorEnvelope"] = ERROR_ENVELOPE_SCHEMA
     ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
-    reasons = {"400": "bad request", "401": "API token missing or wrong", "404": "not found",
-               "409": "not allowed in the current state", "413": "request body too large", "422": "invalid input"}
+    retry_after = {"Retry-After": {"description": "seconds to wait before trying again",
+                                   "schema": {"type": "integer"}}}
     for path, operations in openapi.get("paths", {}).items():
         if not path.startswith("/api"):
             continue
         for method, operation in operations.items():
-            codes = []
-            if "{" in path:
-                codes.append("404")
-            if method != "get":
-                codes += ["401", "409"]
-            if "requestBody" in operation:
-                codes.append("413")
-            if operation.get("parameters") or "requestBody" in operation:
-                codes += ["400", "422"]
             responses = operation.setdefault("responses", {})
-            for code in codes:
-                answer = responses.setdefault(code, {"description": reasons[code]})
+            for code in _error_codes(path, method, operation):
+                answer = responses.setdefault(code, {"description": ERROR_REASONS[code]})
                 schema = answer.get("content", {}).get("application/json", {}).get("schema")
                 if schema is None:
                     answer["content"] = {"application/json": {"schema": dict(ref)}}
                 elif code == "422" and schema != ref:
                     answer["content"] = {"application/json": {"schema": {"anyOf": [schema, dict(ref)]}}}
+                if code == "503":
+                    answer.setdefault("headers", retry_after)
 
 
 __all__ = [
@@ -175,7 +240,9 @@ __all__ = [
     "SweepNotFound",
     "SweeplabError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "document_error_responses",
     "error_body",
+    "error_response_for_scope",
     "install_error_handlers",
 ]

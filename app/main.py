@@ -1,17 +1,18 @@
-"""The FastAPI application: API routers, pages, static files, error handlers, body limits."""
+"""The FastAPI application: API routers, pages, static files, error handlers, and the guards of
+app.middleware (body limits, cross-site changes) around them all."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+import anyio.to_thread
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -19,11 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from app.api import charts, exports, external, health, presets, runs, stream, sweeps
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import engine_for
-from app.errors import document_error_responses, error_body, install_error_handlers
+from app.errors import document_error_responses, install_error_handlers
+from app.middleware import BodyLimit, CrossSiteGuard
 from app.services.reaping import reap_all
 from app.spec import SweepSpec
 
 log = logging.getLogger("sweeplab.server")
+THREADPOOL_TOKENS = 100
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -40,6 +43,14 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return app.openapi_schema
 
     return build
+
+
+def _widen_threadpool() -> None:
+    """Give the threadpool room beyond the connection pool (30 in app.db). Sync routes wait for a
+    connection in a thread (at most the pool timeout); with anyio's default of 40 threads, a burst
+    of database requests would also hold up static files and other threadpool work."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, THREADPOOL_TOKENS)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        _widen_threadpool()
         reaper = asyncio.create_task(reap_forever())
         try:
             yield
@@ -75,13 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates"))
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(error_body("payload_too_large",
-                                           f"request body over {settings.max_body_bytes} bytes"), status_code=413)
-        return await call_next(request)
+    # Added last, so outermost: the body is bounded before anything else runs, then cross-site
+    # changes are refused before routing.
+    app.add_middleware(CrossSiteGuard)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     for router in (health.router, sweeps.router, runs.router, stream.router, presets.router, external.router,
                    exports.router, charts.router):

@@ -14,9 +14,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
 from app.config import Settings
-from app.db import write_session
+from app.db import make_engine, write_session
 from app.main import create_app
 from app.models import Metric
+from app.services import exports as export_service
 from app.services.exports import COLUMNS
 from app.services.external import ExternalRunRequest, create_external_run, record_external_epoch
 from tests.factories import make_sweep
@@ -89,7 +90,7 @@ def test_keys_filter_and_empty_and_missing_sweeps(api: TestClient, engine: Engin
     only = api.get(f"/api/sweeps/{sweep_id}/metrics.jsonl", params={"keys": ["val_loss"]}).text.splitlines()
     assert [json.loads(line)["value"] for line in only] == [0.1]
     empty = make_sweep(engine)
-    assert api.get(f"/api/sweeps/{empty.id}/metrics.csv").text == ",".join(COLUMNS) + "\n"
+    assert api.get(f"/api/sweeps/{empty.id}/metrics.csv").text == ",".join(COLUMNS) + "\r\n"
     assert api.get(f"/api/sweeps/{empty.id}/metrics.jsonl").text == ""
     missing = api.get("/api/sweeps/999999/metrics.csv")
     assert missing.status_code == 404
@@ -103,3 +104,47 @@ def test_values_are_written_exactly(api: TestClient, engine: Engine) -> None:
     rows = list(csv.DictReader(io.StringIO(api.get(f"/api/sweeps/{run.sweep_id}/metrics.csv").text)))
     assert {r["key"]: float(r["value"]) for r in rows} == {k: float(v) for k, v in values.items()}
     assert all(math.isfinite(float(r["value"])) for r in rows)
+
+
+def test_every_page_boundary_keeps_the_rows_and_releases_the_connection(
+        api: TestClient, engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyset pages of 7 rows: the export is the same, and between chunks no connection is
+    checked out (a slow client holds no pooled connection and no open transaction)."""
+    sweep_id = fill_sweep(engine)
+    whole = api.get(f"/api/sweeps/{sweep_id}/metrics.csv").text
+    monkeypatch.setattr(export_service, "ROWS_PER_PAGE", 7)
+    monkeypatch.setattr(export_service, "ROWS_PER_CHUNK", 5)
+    own = make_engine(settings.database_url)  # a pool of its own: the app's reaper uses the shared one
+    chunks = []
+    for chunk in export_service.metrics_csv(own, sweep_id):
+        assert own.pool.checkedout() == 0, "a connection is held while the client reads"  # type: ignore[attr-defined]
+        chunks.append(chunk)
+    own.dispose()
+    assert len(chunks) > 500
+    assert "".join(chunks) == whole
+    assert api.get(f"/api/sweeps/{sweep_id}/metrics.csv").text == whole
+    rows = [json.loads(line) for line in api.get(f"/api/sweeps/{sweep_id}/metrics.jsonl").text.splitlines()]
+    assert [(r["run"], r["key"], r["epoch"]) for r in rows] == sorted((r["run"], r["key"], r["epoch"]) for r in rows)
+    assert len(rows) == 2 * 2 * EPOCHS + 2
+
+
+FORMULAS = ["=1+2", "+SUM(A1:A2)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "=HYPERLINK(\"http://x\")"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(api: TestClient, engine: Engine) -> None:
+    """OWASP's CSV-injection rule: a text cell starting with = + - @, tab or CR gets a leading
+    single quote; numbers stay numbers (a negative value is a number, not a formula)."""
+    run, _ = create_external_run(engine, ExternalRunRequest(sweep="formulas", config={"=cmd|' /C calc'!A0": 1},
+                                                            seed=0), 100)
+    with write_session(engine) as s:
+        s.execute(insert(Metric), [{"run_id": run.id, "key": key, "epoch": 1, "value": -0.5, "created_at": 0.0}
+                                   for key in [*FORMULAS, "plain", "a=b"]])
+    text = api.get(f"/api/sweeps/{run.sweep_id}/metrics.csv").text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(r["key"] for r in rows) == sorted(["'" + f for f in FORMULAS] + ["plain", "a=b"])
+    assert {r["config_label"] for r in rows} == {"'=cmd|' /C calc'!A0=1"}
+    assert {r["value"] for r in rows} == {"-0.5"} and {r["seed"] for r in rows} == {"0"}
+    # JSON Lines is data, not a spreadsheet: its strings are the stored ones.
+    lines = [json.loads(line) for line in api.get(f"/api/sweeps/{run.sweep_id}/metrics.jsonl").text.splitlines()]
+    assert sorted(r["key"] for r in lines) == sorted([*FORMULAS, "plain", "a=b"])
+    assert {r["value"] for r in lines} == {-0.5}

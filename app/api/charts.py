@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import EngineDep, SettingsDep
-from app.api.sweeps import _spec_data
+from app.api.deps import ContentTyped, EngineDep, SettingsDep
+from app.api.sweeps import SPEC_BODY, _spec_data
+from app.config import Settings
 from app.datasets import check_available
 from app.errors import InvalidSpec, SweeplabError
 from app.services import charts
@@ -74,11 +76,18 @@ def compare_configs(engine: EngineDep, configs: str = Query(..., examples=["3,7"
     return charts.compare_configs(engine, parse_ids(configs))
 
 
-@router.post("/sweeps/validate", responses={422: {"description": "invalid spec, with the failing fields"}})
+@router.post("/sweeps/validate", dependencies=ContentTyped, openapi_extra=SPEC_BODY,
+             responses={422: {"description": "invalid spec, with the failing fields"}})
 async def validate_sweep(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """Check a spec (JSON, or YAML with content-type application/yaml) without submitting it:
     the number of configs and runs it expands to, and the spec with defaults filled in."""
-    spec = sweep_service.parse_spec(await _spec_data(request, settings.max_body_bytes))
+    data = await _spec_data(request)
+    # Off the event loop: expanding a big grid and probing a dataset (maybe over the network) block.
+    return await run_in_threadpool(_validate, settings, data)
+
+
+def _validate(settings: Settings, data: Any) -> dict[str, Any]:
+    spec = sweep_service.parse_spec(data)
     for dataset in {spec.dataset, *spec.grid.get("dataset", [])}:
         reason = check_available(str(dataset), settings.data_dir)
         if reason:
