@@ -9,11 +9,18 @@ Each fit becomes a run of the external sweep named `sweep` (created on first use
 
 Delivery never blocks or breaks training: epochs go into an in-memory queue that a background
 thread (one per server) posts in order, retrying while the server is unreachable (epoch posts
-are idempotent, so a retry is harmless). At the end of fit the callback waits a bounded time for the
-queue to drain; whatever is left keeps retrying in the background and once more at exit.
+are idempotent, so a retry is harmless). A post the server refuses is dropped with a warning (at
+once for a 4xx, after a few tries for a 5xx) so that it cannot hold up the posts behind it. At the
+end of fit the callback waits a bounded time for the queue to drain; whatever is left keeps
+retrying in the background and once more at exit.
 
-Keras calls no callback when fit raises, so the thread also watches the fit: once fit's frame is
-gone from its thread's stack without on_train_end, the run is marked failed.
+How a run ends when fit does not reach on_train_end:
+- fit raised: Keras calls no callback, so the thread also watches the fit: once fit's frame is
+  gone from its thread's stack without on_train_end, the run is marked failed;
+- the process got SIGTERM (Slurm, Kubernetes, `timeout`): a handler installed in the main thread
+  ends the run failed (cancelled if a stop was asked), then does what the previous handler did;
+- the process was killed (SIGKILL, out of memory) or froze: the thread sends a heartbeat while fit
+  runs, so the server's reaper ends a run that went silent ("the client stopped reporting").
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import threading
@@ -52,6 +60,12 @@ WATCH_SECONDS = 0.5
 IDLE_EXIT_SECONDS = 10.0
 EVAL_BATCH = 256
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+HEARTBEAT_SECONDS = 10.0  # until the server says how often it wants one
+HEARTBEAT_BOUNDS = (0.2, 60.0)
+MAX_TRIES = 5  # a post answered 500 (or 408, 425) is tried this often, then dropped
+MAX_DROP_WARNINGS = 3  # per run
+SIGNAL_FLUSH_SECONDS = 2.0  # on SIGTERM: a moment for the queued epochs, then the finish
+SIGNAL_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 
 
 class _RunHandle:
@@ -62,10 +76,13 @@ class _RunHandle:
         self.refused = False  # the server refused the run: its later posts are dropped
         self.ended = False  # on_train_end ran, or the fit was seen to die
         self.cancel_requested = False
-        self.warned = False
+        self.warned = 0  # warnings about refused posts so far
+        self.gone = False  # the server ended the run (finished, reaped): no more heartbeats
         self.fit_frame: FrameType | None = None
         self.thread_id: int | None = None
         self.last_seq = 0
+        self.next_beat = 0.0  # time.monotonic() of the next heartbeat: the first goes out at once
+        self.beat_every = HEARTBEAT_SECONDS
 
 
 @dataclass
@@ -74,6 +91,7 @@ class _Op:
     kind: str  # create | epoch | finish
     handle: _RunHandle
     body: dict[str, Any]
+    tries: int = 0
 
 
 class _Uploader:
@@ -81,8 +99,9 @@ class _Uploader:
     thread, retrying while the server is unreachable; watches running fits so that a fit that
     raised ends its run failed. One per (url, token): a wrong URL never holds up a right one."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, token: str = "") -> None:
         self.client = client
+        self.token = token
         self.cond = threading.Condition()
         self.ops: deque[_Op] = deque()
         self.seq = 0
@@ -145,6 +164,7 @@ class _Uploader:
         backoff, idle_since = RETRY_FIRST, time.monotonic()
         while True:
             self._check_fits()
+            self._beat()
             with self.cond:
                 if not self.ops:
                     if not self.watched and time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
@@ -166,7 +186,7 @@ class _Uploader:
     def _deliver(self, op: _Op) -> bool:
         """Post one op; False when it should be tried again later."""
         h = op.handle
-        if h.refused or (op.kind != "create" and h.run_id is None):
+        if h.refused or h.gone or (op.kind != "create" and h.run_id is None):
             return True
         try:
             if op.kind == "create":
@@ -177,16 +197,15 @@ class _Uploader:
             else:
                 self.client.finish_run(h.run_id, **op.body)  # type: ignore[arg-type]
         except ClientError as exc:
-            if exc.retryable:
+            if exc.unavailable:  # the server is away or busy: every post would wait, keep them all
                 if not self.outage:
                     self.outage = True
                     log.warning("sweeplab: %s; keeping epochs in memory and retrying", exc)
                 return False
-            h.refused = h.refused or op.kind == "create"
-            if not h.warned:
-                h.warned = True
-                what = "the run" if op.kind == "create" else f"{op.kind} of run {h.run_id}"
-                log.warning("sweeplab: the server refused %s (%s); training goes on untracked", what, exc)
+            op.tries += 1
+            if exc.retryable and op.tries < MAX_TRIES:  # a 500 may be passing: a few more tries
+                return False
+            self._refused(op, exc)
             return True
         except Exception:  # a bug here must not stop the queue
             log.exception("sweeplab: could not post %s", op.kind)
@@ -195,6 +214,51 @@ class _Uploader:
             self.outage = False
             log.warning("sweeplab: %s answers again; sending the buffered epochs", self.client.url)
         return True
+
+    def _refused(self, op: _Op, exc: ClientError) -> None:
+        """Drop a post the server refused, so the ones behind it go on; say so (a few times a run)."""
+        h = op.handle
+        h.refused = h.refused or op.kind == "create"
+        h.gone = h.gone or exc.status_code in (404, 409)  # the run ended there: its later posts would be too
+        h.warned += 1
+        if h.warned > MAX_DROP_WARNINGS:
+            return
+        tries = f" after {op.tries} tries" if op.tries > 1 else ""
+        if op.kind == "create":
+            log.warning("sweeplab: the server refused the run (%s); training goes on untracked", exc)
+        else:
+            what = f"epoch {op.body.get('epoch')}" if op.kind == "epoch" else op.kind
+            more = "; further refusals of this run are not shown" if h.warned == MAX_DROP_WARNINGS else ""
+            log.warning("sweeplab: the server refused %s of run %s (%s)%s; dropped it, later posts go on%s",
+                        what, h.run_id, exc, tries, more)
+
+    def _beat(self) -> None:
+        """Send the heartbeats that are due: a run without epoch or heartbeat for the server's
+        SWEEPLAB_EXTERNAL_STALE_SECONDS is ended by its reaper, and one epoch may last longer."""
+        if self.outage:
+            return
+        now = time.monotonic()
+        with self.cond:
+            due = [h for h in self.watched if h.run_id is not None and not (h.ended or h.refused or h.gone)
+                   and h.next_beat <= now]
+        for h in due:
+            h.next_beat = now + h.beat_every
+            try:
+                ack = self.client.heartbeat(h.run_id)  # type: ignore[arg-type]
+            except ClientError as exc:
+                if exc.status_code in (404, 409):
+                    h.gone = True
+                    log.warning("sweeplab: run %s ended on the server (%s); training goes on untracked",
+                                h.run_id, exc)
+                continue  # anything else: the next heartbeat, or the next epoch, will do
+            except Exception:  # a bug here must not stop the queue
+                log.exception("sweeplab: could not send a heartbeat")
+                continue
+            h.cancel_requested = h.cancel_requested or bool(ack.get("cancel_requested"))
+            every = ack.get("heartbeat_seconds")
+            if isinstance(every, int | float) and math.isfinite(every):
+                h.beat_every = min(max(float(every), HEARTBEAT_BOUNDS[0]), HEARTBEAT_BOUNDS[1])
+                h.next_beat = now + h.beat_every
 
     def _check_fits(self) -> None:
         """A watched fit whose frame left its thread's stack without on_train_end raised."""
@@ -221,8 +285,62 @@ def _get_uploader(url: str, token: str | None) -> _Uploader:
             atexit.register(_at_exit)
         key = (url, token)
         if key not in _uploaders:
-            _uploaders[key] = _Uploader(Client(url, token=token or "", timeout=REQUEST_TIMEOUT))
+            _uploaders[key] = _Uploader(Client(url, token=token or "", timeout=REQUEST_TIMEOUT), token or "")
         return _uploaders[key]
+
+
+_previous_sigterm: Any = None
+_sigterm_installed = False
+
+
+def _install_sigterm_handler() -> None:
+    """End this process's runs on SIGTERM, then do what the previous handler did. Only the main
+    thread can install one; an ignored SIGTERM, or a handler set outside Python, is left alone."""
+    global _previous_sigterm, _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None or previous == signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _previous_sigterm, _sigterm_installed = previous, True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    try:
+        _end_runs_now("the training process got SIGTERM")
+    except Exception:  # the process must still stop as it would have
+        log.exception("sweeplab: could not end the runs on SIGTERM")
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of the signal, as without us
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_runs_now(reason: str) -> None:
+    """Post, from this thread and within a few seconds, the finish of every fit still running:
+    failed with REASON, or cancelled if a stop was asked. Runs in a signal handler, so it takes no
+    lock the interrupted code may hold: it reads the queues as they are and posts with its own client."""
+    uploaders = list(_uploaders.values())
+    deadline = time.monotonic() + SIGNAL_FLUSH_SECONDS
+    while time.monotonic() < deadline and any(u.done < u.seq for u in uploaders):
+        time.sleep(0.05)  # the uploader thread delivers the queued create and epochs meanwhile
+    for u in uploaders:
+        for h in list(u.watched):
+            if h.ended:
+                continue
+            h.ended, h.fit_frame = True, None
+            if h.run_id is None or h.refused or h.gone:
+                continue
+            status = "cancelled" if h.cancel_requested else "failed"
+            try:
+                with Client(u.client.url, token=u.token, timeout=SIGNAL_TIMEOUT) as client:
+                    client.finish_run(h.run_id, status, reason)
+            except ClientError as exc:
+                log.warning("sweeplab: could not end run %s (%s); the server ends it once it is stale",
+                            h.run_id, exc)
 
 
 def flush(timeout: float = 30.0) -> bool:
@@ -343,6 +461,7 @@ class SweeplabCallback(keras.callbacks.Callback):
         handle = _RunHandle()
         handle.fit_frame, handle.thread_id = fit, threading.get_ident()
         self._handle, self._stop_logged = handle, False
+        _install_sigterm_handler()
         uploader.watch(handle)
         uploader.put("create", handle, create)
         if self.initial_evaluation and not fit_locals.get("initial_epoch"):

@@ -45,6 +45,12 @@ class ClientError(Exception):
         """Unreachable, overloaded or failing server: trying again later may succeed."""
         return self.status_code is None or self.status_code in (408, 425, 429) or self.status_code >= 500
 
+    @property
+    def unavailable(self) -> bool:
+        """The server is not there or not serving (unreachable, restarting behind a proxy, busy):
+        every request would get the same answer for now, whatever it holds."""
+        return self.status_code is None or self.status_code in (429, 502, 503, 504)
+
 
 def load_spec_file(path: Path) -> list[dict[str, Any]]:
     """Sweep specs from a YAML (one or more documents) or JSON file."""
@@ -182,6 +188,12 @@ class Client:
         """Record one epoch of an external run (idempotent); the answer says if a stop was asked."""
         body = {"epoch": epoch, "metrics": metrics, "seconds": seconds}
         result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/epochs", json=body)
+        return result
+
+    def heartbeat(self, run_id: int) -> dict[str, Any]:
+        """Tell the server an external run's client is alive (during a long epoch); the answer says
+        if a stop was asked and how often the server expects a heartbeat (`heartbeat_seconds`)."""
+        result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/heartbeat")
         return result
 
     def finish_run(self, run_id: int, status: str = "succeeded", error: str | None = None) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,62 @@ def test_logs_are_cleaned_for_the_server() -> None:
     logs = {"loss": np.float32(0.5), "acc": float("nan"), "inf": float("inf"), "name": "text", "x" * 101: 1.0,
             "learning_rate": np.array(0.001)}
     assert clean_logs(logs) == {"loss": 0.5, "acc": None, "inf": None, "learning_rate": pytest.approx(0.001)}
+
+
+class RefusingServer:
+    """A stand-in for a sweeplab server that answers 500 to every post of epoch 1 and 422 to epoch
+    2 (as a server with a bug, or one that changed its rules, would): the callback's queue must not
+    wait on them forever. It records every request it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, int | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+                epoch = body.get("epoch") if self.path.endswith("/epochs") else None
+                outer.requests.append((self.path.rsplit("/", 1)[-1], epoch))
+                status, answer = 200, {"run_id": 7, "epoch": epoch, "stored": 1, "cancel_requested": False}
+                if self.path == "/api/external/runs":
+                    status, answer = 201, {"id": 7}
+                elif self.path.endswith("/heartbeat"):
+                    answer = {"run_id": 7, "cancel_requested": False, "heartbeat_seconds": 5.0}
+                elif epoch == 1:
+                    status, answer = 500, {"error": {"code": "internal_error", "message": "internal error"}}
+                elif epoch == 2:
+                    status, answer = 422, {"error": {"code": "invalid_input", "message": "no"}}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_a_refused_post_does_not_hold_up_the_later_ones(caplog: pytest.LogCaptureFixture) -> None:
+    server = RefusingServer()
+    try:
+        cb = SweeplabCallback(url=server.url, sweep="refused", seed=0, flush_timeout=30)
+        with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
+            fit(cb, epochs=4)
+    finally:
+        server.close()
+    epochs = [epoch for kind, epoch in server.requests if kind == "epochs"]
+    # The 500 is tried a few times, the 422 once; the epochs after them and the finish go on.
+    assert epochs == [0, *[1] * sweeplab_callback.MAX_TRIES, 2, 3, 4]
+    assert server.requests[-1] == ("finish", None)
+    assert ("heartbeat", None) in server.requests
+    assert "refused epoch 1 of run 7 (500: internal error) after 5 tries; dropped it" in caplog.text
+    assert "refused epoch 2 of run 7 (422: no); dropped it" in caplog.text

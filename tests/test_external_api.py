@@ -11,7 +11,9 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.errors import InvalidSpec
 from app.main import create_app
+from app.services import external as external_service
 from tests.factories import get_run, make_sweep, metric_rows, runs_of
 
 
@@ -164,3 +166,49 @@ def test_the_endpoints_need_the_token_when_one_is_set(settings: Settings, engine
         run_id = ok.json()["id"]
         assert api.post(f"/api/runs/{run_id}/epochs", json={"epoch": 1, "metrics": {}}).status_code == 401
         assert api.post(f"/api/runs/{run_id}/finish", json={"status": "succeeded"}).status_code == 401
+
+
+def field_errors(body: dict[str, Any]) -> list[tuple[list[Any], str]]:
+    """(loc, msg) of each field of a 422, in FastAPI's {"detail"} or in the {"error": {"fields"}} envelope."""
+    fields = body["detail"] if "detail" in body else body["error"]["fields"]
+    return [(list(f["loc"]), f["msg"]) for f in fields]
+
+
+@pytest.mark.parametrize(("raw", "field", "words"), [
+    ('{"sweep": "a\\ud800", "seed": 0}', "sweep", "unicode"),
+    ('{"sweep": "a", "study": "\\udfff", "seed": 0}', "study", "unicode"),
+    ('{"sweep": "a", "host": "\\ud800x", "seed": 0}', "host", "unicode"),
+    ('{"sweep": "a", "dataset": "\\ud800", "seed": 0}', "dataset", "unicode"),
+    ('{"sweep": "a", "seed": 0, "config": {"k\\ud800": 1}}', "config", "config.<key>: text with a lone surrogate"),
+    ('{"sweep": "a", "seed": 0, "config": {"opt": {"name": "\\udc00"}}}', "config", "config.opt.name: text with"),
+    ('{"sweep": "a", "seed": 0, "config": {"k": ["x", "\\ud800"]}}', "config", "config.k.1: text with"),
+    ('{"sweep": "a\\u0000", "seed": 0}', "sweep", "NUL"),
+    ('{"sweep": "a", "seed": 0, "config": {"k\\u0000": 1}}', "config", "config.<key>: must not contain a NUL"),
+])
+def test_text_the_databases_cannot_store_is_a_422_naming_the_field(api: TestClient, raw: str, field: str,
+                                                                   words: str) -> None:
+    response = api.post("/api/external/runs", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [(loc, msg)] = field_errors(response.json())
+    assert loc == ["body", field]
+    assert words in msg
+    assert api.get("/api/sweeps").status_code == 200  # nothing half-stored
+
+
+@pytest.mark.parametrize(("path", "raw", "field"), [
+    ("epochs", '{"epoch": 1, "metrics": {"loss\\ud800": 1.0}}', "metrics"),
+    ("finish", '{"status": "failed", "error": "x\\udc00"}', "error"),
+    ("finish", '{"status": "failed", "error": "x\\u0000"}', "error"),
+])
+def test_epochs_and_finish_refuse_unstorable_text(api: TestClient, path: str, raw: str, field: str) -> None:
+    run = start_run(api)
+    response = api.post(f"/api/runs/{run['id']}/{path}", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field_errors(response.json())[0][0][:2] == ["body", field]
+    assert api.get(f"/api/runs/{run['id']}").json()["status"] == "running"
+
+
+def test_the_service_refuses_unstorable_config_too(engine: Engine) -> None:
+    req = external_service.ExternalRunRequest(sweep="s", config={"a": {"b\ud800": 1}}, seed=0)
+    with pytest.raises(InvalidSpec, match=r"config\.a\.<key>: text with a lone surrogate"):
+        external_service.create_external_run(engine, req, 10)

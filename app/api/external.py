@@ -1,7 +1,9 @@
-"""External runs over REST: create (or join) a sweep and start a run, log epochs, finish.
+"""External runs over REST: create (or join) a sweep and start a run, log epochs, send heartbeats
+while an epoch is long, finish.
 
 Used by `sweeplab.SweeplabCallback`; any HTTP client can do the same. Token-protected like every
-other change. Only runs created here (source 'external') accept epochs and finish.
+other change. Only runs created here (source 'external') accept epochs, heartbeats and finish; a
+run with no epoch or heartbeat for SWEEPLAB_EXTERNAL_STALE_SECONDS is ended by the reaper.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from app.api.deps import EngineDep, Guarded, SettingsDep
 from app.models import RunStatus
 from app.schemas import RunPublic
 from app.services import external as external_service
+from app.text import first_unencodable
 
 router = APIRouter(tags=["external runs"])
 
@@ -25,6 +28,27 @@ MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, patte
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _storable(value: str | None) -> str | None:
+    """Text both databases store alike: PostgreSQL's text refuses NUL (SQLite would keep it)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _first_nul(value: Any, where: str) -> str | None:
+    """The path of the first key or string in VALUE holding NUL (a label column would refuse it)."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and "\x00" in k:
+            return f"{where}.<key>"
+        found = _first_nul(v, f"{where}.{k}")
+        if found is not None:
+            return found
+    return None
 
 
 class ExternalRunCreate(_Strict):
@@ -49,6 +73,24 @@ class ExternalRunCreate(_Strict):
             raise ValueError("must not be blank")
         return value.strip() if value is not None else None
 
+    @field_validator("sweep", "study", "dataset", "host")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return _storable(value)
+
+    @field_validator("config")
+    @classmethod
+    def _config_storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # A lone surrogate (JSON "\ud800") in a key or a value passes as a str here but neither
+        # database can encode it: name where it is (the path holds only encodable keys).
+        where = first_unencodable(value, "config")
+        if where is not None:
+            raise ValueError(f"{where}: text with a lone surrogate character cannot be stored")
+        where = _first_nul(value, "config")
+        if where is not None:
+            raise ValueError(f"{where}: must not contain a NUL character")
+        return value
+
 
 class EpochCreate(_Strict):
     """One finished epoch: any metric keys; values finite numbers or null (NaN/inf as null)."""
@@ -65,9 +107,20 @@ class EpochStored(BaseModel):
     cancel_requested: bool = Field(description="someone asked to stop this run: the trainer should stop")
 
 
+class HeartbeatStored(BaseModel):
+    run_id: int
+    cancel_requested: bool = Field(description="someone asked to stop this run: the trainer should stop")
+    heartbeat_seconds: float = Field(description="how often the server expects a heartbeat while no epoch ends")
+
+
 class RunFinish(_Strict):
     status: Literal["succeeded", "failed", "cancelled"]
     error: str | None = Field(default=None, max_length=10_000)
+
+    @field_validator("error")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return _storable(value)
 
 
 @router.post("/api/external/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic,
@@ -90,6 +143,17 @@ def log_run_epoch(run_id: int, body: EpochCreate, engine: EngineDep) -> EpochSto
     """Record an epoch of an external run; repeating a post is a no-op."""
     ack = external_service.record_external_epoch(engine, run_id, body.epoch, body.metrics, body.seconds)
     return EpochStored(run_id=ack.run_id, epoch=ack.epoch, stored=ack.stored, cancel_requested=ack.cancel_requested)
+
+
+@router.post("/api/runs/{run_id}/heartbeat", response_model=HeartbeatStored, dependencies=Guarded,
+             responses={404: {"description": "no such run"},
+                        409: {"description": "not an external run, or it already ended"}})
+def heartbeat_run(run_id: int, engine: EngineDep, settings: SettingsDep) -> HeartbeatStored:
+    """The client of an external run is alive: without an epoch or a heartbeat for
+    SWEEPLAB_EXTERNAL_STALE_SECONDS the run ends failed ("the client stopped reporting")."""
+    ack = external_service.heartbeat_external_run(engine, run_id)
+    return HeartbeatStored(run_id=ack.run_id, cancel_requested=ack.cancel_requested,
+                           heartbeat_seconds=external_service.heartbeat_seconds(settings.external_stale_seconds))
 
 
 @router.post("/api/runs/{run_id}/finish", response_model=RunPublic, dependencies=Guarded,

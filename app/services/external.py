@@ -3,9 +3,15 @@ report over the REST API through `SweeplabCallback`.
 
 They are ordinary rows: a `sweeps` row whose spec says {"external": true}, one `configs` row per
 distinct config dict (its key is the dict's content hash, so replicates group exactly as queued
-runs do) and `runs` rows with source 'external', which the queue never claims and the reaper
-never touches. A client-chosen `client_token` (kept in `runs.lease_token`, unused by external
-runs otherwise) makes a retried create return the run the first attempt made.
+runs do) and `runs` rows with source 'external', which the queue never claims. A client-chosen
+`client_token` (kept in `runs.lease_token`, unused by external runs otherwise) makes a retried
+create return the run the first attempt made.
+
+Nothing on the server can see whether the client is still alive, so the client tells it: every
+epoch and every heartbeat sets `heartbeat_at` (database clock). A run silent for
+`external_stale_seconds` is ended by the reaper (`reap_stale_external`): failed, or cancelled when
+someone asked it to stop, since a killed process (SIGKILL, out of memory, a lost node) never says
+goodbye.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, func, insert, select, text, update
+from sqlalchemy import Engine, Integer, String, and_, case, cast, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,12 +33,28 @@ from app.models import Config, Metric, Run, RunEvent, RunStatus, Sweep
 from app.schemas import RunPublic
 from app.services.runs import read_run
 from app.spec import describe_params
+from app.text import first_unencodable
 
 EXTERNAL_DATASET = "external"
 EXTERNAL_LOCK_KEY = 0x5EE9_E87  # pg_advisory_xact_lock key: serialises find-or-create of sweeps/configs
 MAX_CONFIG_CHARS = 10_000
 MAX_CONFIG_DEPTH = 8
 LABEL_CHARS = 500
+MAX_HEARTBEAT_SECONDS = 15.0
+HEARTBEATS_PER_STALE = 6  # a client misses several heartbeats before its run counts as stale
+CANCEL_GRACE_HEARTBEATS = 3
+STOPPED_REPORTING = "the client stopped reporting"
+
+
+def heartbeat_seconds(stale_seconds: float) -> float:
+    """How often a client should send a heartbeat so that a live one is never taken for stale."""
+    return min(MAX_HEARTBEAT_SECONDS, stale_seconds / HEARTBEATS_PER_STALE)
+
+
+def cancel_grace_seconds(stale_seconds: float) -> float:
+    """Silence after which a run asked to stop ends cancelled: a live client answers a cancel at its
+    next heartbeat, so a few missed heartbeats are enough, well before the full staleness."""
+    return min(stale_seconds, CANCEL_GRACE_HEARTBEATS * heartbeat_seconds(stale_seconds))
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -45,6 +67,11 @@ def check_config(config: Any) -> dict[str, Any]:
     """A config must be a small JSON object of finite numbers, strings, booleans, lists and objects."""
     if not isinstance(config, dict):
         raise InvalidSpec("config: must be a JSON object")
+    where = first_unencodable(config, "config")
+    if where is not None:
+        # Neither database can store a lone surrogate (JSON "\ud800"); unchecked it is a 500.
+        message = "text with a lone surrogate character cannot be stored"
+        raise InvalidSpec(f"{where}: {message}", fields=[{"loc": where, "msg": message}])
 
     def walk(node: Any, depth: int, where: str) -> None:
         if depth > MAX_CONFIG_DEPTH:
@@ -162,8 +189,25 @@ def _external_run(s: Session, run_id: int) -> Run:
         raise RunNotFound(run_id)
     if run.source != "external":
         raise InvalidTransition(f"run {run_id} is trained by sweeplab's workers; only external runs "
-                                "(created by POST /api/external/runs) accept epochs and finish")
+                                "(created by POST /api/external/runs) accept epochs, heartbeats and finish")
     return run
+
+
+def _touch(s: Session, run_id: int, what: str) -> bool:
+    """Set the run's heartbeat_at if it is an external run still running; its cancel_requested.
+
+    One conditioned UPDATE, so it cannot interleave with the reaper's: it takes the row lock
+    (PostgreSQL) or runs under the write lock (SQLite) for the rest of the transaction. Either it
+    lands first and the run is no longer stale, or the reaper ended the run first and this is a 409.
+    """
+    cancel = s.scalar(update(Run).where(Run.id == run_id, Run.source == "external",
+                                        Run.status == RunStatus.RUNNING.value)
+                      .values(heartbeat_at=db_now()).returning(Run.cancel_requested))
+    if cancel is None:
+        run = _external_run(s, run_id)
+        reason = f" ({run.error})" if run.error else ""
+        raise InvalidTransition(f"run {run_id} already {run.status}{reason}; it accepts no more {what}")
+    return bool(cancel)
 
 
 @dataclass(frozen=True)
@@ -177,11 +221,10 @@ class EpochAck:
 def record_external_epoch(engine: Engine, run_id: int, epoch: int, metrics: Mapping[str, float | None],
                           seconds: float = 0.0) -> EpochAck:
     """Store one epoch's metrics; idempotent on (run, key, epoch): a retried post stores nothing
-    and adds no seconds. NaN and inf are stored as NULL, as the API answers them."""
+    and adds no seconds. NaN and inf are stored as NULL, as the API answers them. An epoch is also
+    a heartbeat."""
     with write_session(engine) as s:
-        run = _external_run(s, run_id)
-        if run.status != RunStatus.RUNNING.value:
-            raise InvalidTransition(f"run {run_id} already {run.status}; it accepts no more epochs")
+        cancel = _touch(s, run_id, "epochs")
         values = [{"run_id": run_id, "key": k, "epoch": epoch, "created_at": db_now(),
                    "value": float(v) if v is not None and math.isfinite(v) else None}
                   for k, v in metrics.items()]
@@ -192,26 +235,89 @@ def record_external_epoch(engine: Engine, run_id: int, epoch: int, metrics: Mapp
                                    .returning(Metric.id)).all())
         s.execute(update(Run).where(Run.id == run_id).values(
             last_epoch=case((Run.last_epoch < epoch, epoch), else_=Run.last_epoch),
-            train_seconds=Run.train_seconds + (seconds if stored else 0.0), heartbeat_at=db_now()))
-        cancel = bool(run.cancel_requested)
+            train_seconds=Run.train_seconds + (seconds if stored else 0.0)))
     return EpochAck(run_id, epoch, stored, cancel)
+
+
+@dataclass(frozen=True)
+class HeartbeatAck:
+    run_id: int
+    cancel_requested: bool
+
+
+def heartbeat_external_run(engine: Engine, run_id: int) -> HeartbeatAck:
+    """The client is alive (a long epoch is under way): the run is not stale. 409 once it ended."""
+    with write_session(engine) as s:
+        cancel = _touch(s, run_id, "heartbeats")
+    return HeartbeatAck(run_id, cancel)
 
 
 def finish_external_run(engine: Engine, run_id: int, status: RunStatus, error: str | None = None) -> RunPublic:
     """End an external run. Succeeded after a cancel request ends it cancelled. Finishing again
-    with the same status answers the run unchanged; another status is a 409."""
+    with the same status answers the run unchanged; another status (or a run the reaper already
+    ended) is a 409."""
     if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
         raise InvalidTransition("status must be succeeded, failed or cancelled")
+    final: Any = status.value
+    if status == RunStatus.SUCCEEDED:
+        final = case((Run.cancel_requested.is_(True), RunStatus.CANCELLED.value), else_=status.value)
     with write_session(engine) as s:
-        run = _external_run(s, run_id)
-        final = status
-        if run.cancel_requested and status == RunStatus.SUCCEEDED:
-            final = RunStatus.CANCELLED
-        if run.status != RunStatus.RUNNING.value:
-            if run.status != final.value:
-                raise InvalidTransition(f"run {run_id} already {run.status}")
+        # One conditioned UPDATE: a reaper ending the run at the same moment wins or loses whole.
+        row = s.execute(update(Run).where(Run.id == run_id, Run.source == "external",
+                                          Run.status == RunStatus.RUNNING.value)
+                        .values(status=final, error=error, finished_at=db_now())
+                        .returning(Run.status, Run.worker_id)).first()
+        if row is not None:
+            s.add(RunEvent(run_id=run_id, kind=row.status, worker_id=row.worker_id, message=error))
         else:
-            s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
-                      .values(status=final.value, error=error, finished_at=db_now()))
-            s.add(RunEvent(run_id=run_id, kind=final.value, worker_id=run.worker_id, message=error))
+            run = _external_run(s, run_id)
+            repeated = RunStatus.CANCELLED if run.cancel_requested and status == RunStatus.SUCCEEDED else status
+            if run.status != repeated.value:
+                reason = f" ({run.error})" if run.error else ""
+                raise InvalidTransition(f"run {run_id} already {run.status}{reason}")
     return read_run(engine, run_id)
+
+
+@dataclass
+class StaleResult:
+    failed: list[int]
+    cancelled: list[int]
+
+
+def _silent_for(seconds: float) -> Any:
+    """Runs still running, external, with no epoch or heartbeat for SECONDS (database clock)."""
+    last = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
+    return and_(Run.status == RunStatus.RUNNING.value, Run.source == "external", last < db_now() - seconds)
+
+
+def _silence_text(prefix: str) -> Any:
+    """PREFIX + how long the run has been silent, computed by the database in the same UPDATE."""
+    last = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
+    return literal(prefix, String) + cast(cast(db_now() - last, Integer), String) + literal(" s", String)
+
+
+SILENT = f"{STOPPED_REPORTING}: no epoch or heartbeat for "
+SILENT_AFTER_CANCEL = f"{STOPPED_REPORTING} after it was asked to stop: no epoch or heartbeat for "
+
+
+def reap_stale_external(engine: Engine, stale_seconds: float) -> StaleResult:
+    """End external runs whose client stopped reporting: cancelled when a stop was asked (after a
+    few missed heartbeats), else failed after STALE_SECONDS of silence. Each is one UPDATE
+    conditioned on status and silence, so an epoch or heartbeat racing it either lands first (and
+    the run is not stale) or gets a 409; two reapers at once end each run once."""
+    grace = cancel_grace_seconds(stale_seconds)
+    with write_session(engine) as s:
+        cancelled = list(s.scalars(
+            update(Run).where(_silent_for(grace), Run.cancel_requested.is_(True))
+            .values(status=RunStatus.CANCELLED.value, finished_at=db_now(),
+                    error=_silence_text(SILENT_AFTER_CANCEL))
+            .returning(Run.id)))
+        failed = list(s.scalars(
+            update(Run).where(_silent_for(stale_seconds))
+            .values(status=RunStatus.FAILED.value, finished_at=db_now(),
+                    error=_silence_text(SILENT))
+            .returning(Run.id)))
+        for ids, kind in ((cancelled, RunStatus.CANCELLED.value), (failed, RunStatus.FAILED.value)):
+            for run_id in ids:
+                s.add(RunEvent(run_id=run_id, kind=kind, message=STOPPED_REPORTING))
+    return StaleResult(failed, cancelled)

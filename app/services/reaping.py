@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.services.external import reap_stale_external
 from app.services.queue import ReapResult, reap_expired
 
 
@@ -27,4 +28,6 @@ class ReapSummary:
 
 def reap_all(engine: Engine, settings: Settings) -> ReapSummary:
     """Requeue, fail or cancel every run whose holder stopped answering."""
-    return ReapSummary(queue=reap_expired(engine))
+    queue = reap_expired(engine)
+    stale = reap_stale_external(engine, settings.external_stale_seconds)
+    return ReapSummary(queue=queue, external_failed=stale.failed, external_cancelled=stale.cancelled)
