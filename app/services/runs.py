@@ -6,11 +6,11 @@ import math
 
 from sqlalchemy import Engine, func, select, update
 
-from app.db import db_now, read_session, write_session
+from app.db import read_session, write_session
 from app.errors import InvalidTransition, NotFound, RunNotFound
-from app.models import Artifact, Config, Metric, Run, RunStatus
+from app.models import Artifact, Config, Metric, Run
 from app.schemas import ArtifactInfo, RunMetrics, RunPublic, Series, iso
-from app.services.sweeps import get_sweep_row
+from app.services.sweeps import CANCELLED, QUEUED, RUNNING, cancel_values, get_sweep_row
 
 
 def _public(run: Run, config: Config) -> RunPublic:
@@ -49,17 +49,12 @@ def cancel_run(engine: Engine, run_id: int) -> RunPublic:
     """Queued: cancelled now. Running: asked to stop, the worker ends it within an epoch.
     Already cancelled (or asked): the same answer again. Succeeded or failed: 409."""
     with write_session(engine) as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        if run.status == RunStatus.QUEUED.value:
-            s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED.value)
-                      .values(status=RunStatus.CANCELLED.value, finished_at=db_now()))
-        elif run.status == RunStatus.RUNNING.value:
-            s.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
-        elif run.status != RunStatus.CANCELLED.value:
-            raise InvalidTransition(f"run {run_id} already {run.status}; only queued or running runs can be cancelled")
-    return read_run(engine, run_id)
+        changed = s.execute(update(Run).where(Run.id == run_id, Run.status.in_([QUEUED, RUNNING]))
+                            .values(cancel_values()).returning(Run.id)).first()
+    run = read_run(engine, run_id)
+    if changed is None and run.status != CANCELLED:
+        raise InvalidTransition(f"run {run_id} already {run.status}; only queued or running runs can be cancelled")
+    return run
 
 
 def _finite(v: float | None) -> float | None:

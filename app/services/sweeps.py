@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, case, delete, func, insert, select, true, update
 
 from app.db import db_now, read_session, write_session
 from app.errors import InvalidSpec, SweepNotFound
@@ -14,6 +14,7 @@ from app.schemas import ConfigPublic, StatusCounts, SweepPublic, iso
 from app.spec import SweepSpec, describe_params, storable
 
 INSERT_CHUNK = 1000
+QUEUED, RUNNING, CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
 
 
 def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: int) -> SweepPublic:
@@ -112,14 +113,26 @@ def list_configs(engine: Engine, sweep_id: int) -> list[ConfigPublic]:
                          params=c.params, config=c.train) for c in rows]
 
 
+def cancel_values() -> dict[str, Any]:
+    """One UPDATE's SET clause that cancels a queued run and asks a running one to stop, each decided
+    on the row the UPDATE itself locks: read first and decide later, and a claim committing in between
+    turns a "cancelled" answer into a run that trains to the end (PostgreSQL re-evaluates these on
+    the claim's committed row; SQLite serialises every writer)."""
+    return {
+        "status": case((Run.status == QUEUED, CANCELLED), else_=Run.status),
+        "finished_at": case((Run.status == QUEUED, db_now()), else_=Run.finished_at),
+        "cancel_requested": case((Run.status == RUNNING, true()), else_=Run.cancel_requested),
+    }
+
+
 def cancel_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
-    """Queued runs end cancelled now; running runs are asked to stop (within an epoch)."""
+    """Queued runs end cancelled now; running runs are asked to stop (within an epoch). One
+    statement: with one for queued and one for running runs, a run claimed or released between
+    the two was missed by both."""
     get_sweep_row(engine, sweep_id)
     with write_session(engine) as s:
-        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.QUEUED.value)
-                  .values(status=RunStatus.CANCELLED.value, finished_at=db_now()))
-        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.RUNNING.value)
-                  .values(cancel_requested=True))
+        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status.in_([QUEUED, RUNNING]))
+                  .values(cancel_values()))
     return read_sweep(engine, sweep_id)
 
 
