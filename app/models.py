@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,6 +89,7 @@ class Run(Base):
         CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
+        Index("ix_runs_sweep_id_seq", "sweep_id", "seq"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -110,13 +112,14 @@ class Run(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
     train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))  # see SweepSeq
 
 
 class Metric(Base):
     """One value of one key at one epoch of one run. NaN is stored as NULL (SQLite cannot hold it)."""
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("run_id", "key", "epoch"),)
+    __table_args__ = (UniqueConstraint("run_id", "key", "epoch"), Index("ix_metrics_sweep_id_seq", "sweep_id", "seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -124,6 +127,25 @@ class Metric(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, default=db_now())
+    # Both set when the row commits (SweepSeq); the run's sweep, copied so the stream reads one index.
+    sweep_id: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class SweepSeq(Base):
+    """A sweep's commit sequence: the value the event stream's cursor counts in.
+
+    Triggers of migration 0002 (not the writers) stamp every metric row as it is inserted and every
+    run as it is inserted or changes status, cancel_requested or last_epoch with the next value of
+    its sweep's counter, at commit: PostgreSQL takes the counter row lock in a deferred constraint
+    trigger, as the last lock of the transaction, and holds it until the commit is visible; SQLite
+    has one writer at a time. So within a sweep the order of seq is the order of commits, and a
+    reader that sees the counter at N sees every row stamped up to N: a cursor never skips a row."""
+
+    __tablename__ = "sweep_seqs"
+
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class Artifact(Base):

@@ -34,7 +34,7 @@ import numpy as np
 from sqlalchemy import func, insert, select, update
 
 from app.config import PROJECT_ROOT
-from app.db import get_engine, write_session
+from app.db import get_engine, read_session, write_session
 from app.migrate import migrate
 from app.models import Config, Metric, Run, RunStatus
 from app.services.sweeps import create_sweep, parse_spec
@@ -191,14 +191,15 @@ class EpochWriter(threading.Thread):
         self.next_epoch: dict[int, int] = {}
 
     def commit_one(self, run_id: int) -> int:
-        """Commit one epoch of RUN_ID; returns the largest metric id written."""
+        """Commit one epoch of RUN_ID; returns the commit sequence value it got (the stream's cursor)."""
         with write_session(self.engine) as s:
             epoch = self.next_epoch.get(run_id) or (s.scalar(select(Run.last_epoch).where(Run.id == run_id)) or 0) + 1
             self.next_epoch[run_id] = epoch + 1
             s.execute(insert(Metric), [{"run_id": run_id, "key": k, "epoch": epoch, "value": 0.9 + 0.001 * epoch,
                                         "created_at": 0.0} for k in KEYS])
             s.execute(update(Run).where(Run.id == run_id).values(last_epoch=epoch))
-            top = s.scalar(select(func.max(Metric.id)))
+        with read_session(self.engine) as s:  # stamped at commit
+            top = s.scalar(select(func.max(Metric.seq)).where(Metric.run_id == run_id))
         self.committed += 1
         return int(top or 0)
 

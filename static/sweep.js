@@ -2,8 +2,7 @@
 // configs and the runs, all following the server's event stream (aggregates re-read on new epochs).
 import { CURVE_KEYS, MAX_SHOWN, addPoints, drawCurves } from "/static/bands.js";
 import {
-  PLOT_CONFIG, api, colourFor, drawProgress, el, layout, markReady, openStream, plotlyReady, post, statusCounts,
-  throttle,
+  PLOT_CONFIG, api, colourFor, drawProgress, el, layout, markReady, openStream, plotlyReady, post, throttle,
 } from "/static/common.js";
 import { drawConfigTable } from "/static/table.js";
 
@@ -50,6 +49,7 @@ async function updateAggregates() {
 }
 async function loadTable() {
   state.table = await api(`/api/sweeps/${meta.id}/table`);
+  showCounts(state.table);
 }
 async function loadAllReplicates() {
   const data = await api(`/api/sweeps/${meta.id}/series?${keysQuery}`);
@@ -172,15 +172,30 @@ async function loadRunRows() {
   if (state.statuses) showStatuses(state.statuses);
 }
 
-function showStatuses(statuses) {
-  const list = Object.values(statuses);
-  const counts = statusCounts(list);
-  document.getElementById("sweep-status").textContent = drawProgress(document.getElementById("sweep-progress"), counts, list.length);
+// The sweep's progress from the table's per-config counts: the stream sends only the runs that changed.
+function showCounts(table) {
+  const counts = {};
+  for (const c of table.configs) for (const [s, n] of Object.entries(c.status_counts)) counts[s] = (counts[s] || 0) + n;
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  document.getElementById("sweep-status").textContent = drawProgress(document.getElementById("sweep-progress"), counts, total);
   document.getElementById("cancel-sweep").disabled = !(counts.queued || counts.running);
   document.getElementById("retry-sweep").hidden = !(counts.failed || counts.cancelled);
   const live = document.getElementById("live");
   live.textContent = counts.queued || counts.running ? "live" : "finished";
   live.classList.toggle("idle", !(counts.queued || counts.running));
+}
+
+// A run queued again after it ended was retried: its old epochs are gone, new ones start at 0.
+function forgetRetried(runId, status) {
+  const before = state.statuses[runId] ?? document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`)?.textContent;
+  if (status !== "queued" || !["failed", "cancelled"].includes(before)) return;
+  state.lastEpoch.delete(Number(runId));
+  for (const runs of state.reps.values()) {
+    for (const run of runs) if (String(run.run_id) === runId) for (const s of Object.values(run.series)) { s.epochs = []; s.values = []; }
+  }
+}
+
+function showStatuses(statuses) {
   for (const [runId, status] of Object.entries(statuses)) {
     const cell = document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`);
     if (cell && cell.textContent !== status) { cell.textContent = status; cell.className = `status ${status}`; }
@@ -196,7 +211,7 @@ function showEpochs(points) {
   }
 }
 
-// Records on the page which commits (metric ids) its charts show, for tests and the benchmark.
+// Records on the page which commits (the sweep's commit sequence) its charts show, for tests and the benchmark.
 const drawn = (cursor) => { document.body.dataset.drawnCursor = Math.max(Number(document.body.dataset.drawnCursor || 0), cursor); };
 const refreshAggregates = throttle(async () => {
   await updateAggregates();
@@ -264,11 +279,14 @@ async function main() {
       for (const p of points) state.dirty.add(p.config_id);
       if (points.some((p) => state.shown.has(p.config_id))) refreshAggregates();
     },
-    status: (statuses) => {
-      const changed = JSON.stringify(statuses) !== JSON.stringify(state.statuses);
-      state.statuses = statuses;
+    status: (statuses) => { // only the runs that changed since the cursor
+      const first = state.statuses === null;
+      state.statuses ||= {};
+      const changed = Object.entries(statuses).filter(([id, s]) => state.statuses[id] !== s);
+      for (const [id, s] of changed) forgetRetried(id, s);
+      Object.assign(state.statuses, statuses);
       showStatuses(statuses);
-      if (changed) refreshTable(); // the first event too: runs may have moved since the table was read
+      if (first || changed.length) refreshTable(); // the first event too: runs may have moved since the table was read
     },
   });
 }

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select, text, update
 
 from app.config import PROJECT_ROOT, Settings
+from app.db import read_session, write_session
 from app.migrate import current_revision, head_revision, migrate
-from app.models import Base
+from app.models import Base, Metric, Run, SweepSeq
+from app.services.sweeps import create_sweep, parse_spec
 from tests.conftest import settings_env, sweeplab_command
 
 
@@ -32,4 +34,67 @@ def test_concurrent_migrators_on_an_empty_database(settings: Settings, tmp_path:
                               stderr=subprocess.STDOUT) for _ in range(4)]
     outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
-    assert all("database at revision 0001" in out for out in outputs)
+    head = head_revision(settings.database_url)
+    assert all(f"database at revision {head}" in out for out in outputs)
+
+
+STREAM_TRIGGERS = {("metrics", "metrics_seq"), ("runs", "runs_seq_insert"), ("runs", "runs_seq_update")}
+
+
+def test_the_commit_sequence_triggers_exist_and_stamp_rows(engine: Engine) -> None:
+    """Outside what compare_metadata sees: migration 0002's triggers, which number every commit of a
+    sweep for the event stream (a batch migration that recreates a table on SQLite would drop them)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            found = conn.execute(text("SELECT c.relname, t.tgname FROM pg_trigger t "
+                                      "JOIN pg_class c ON c.oid = t.tgrelid")).all()
+        else:
+            found = conn.execute(text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'")).all()
+    assert {tuple(r) for r in found} >= STREAM_TRIGGERS
+    sweep = create_sweep(engine, parse_spec({"name": "t", "dataset": "mnist", "epochs": 2, "replicates": 2}), 10, 3)
+    with write_session(engine) as s:
+        (a, b) = s.scalars(select(Run.id).where(Run.sweep_id == sweep.id).order_by(Run.id)).all()
+        s.execute(insert(Metric).values(run_id=a, key="loss", epoch=0, value=1.0, created_at=0.0))
+    with write_session(engine) as s:
+        s.execute(update(Run).where(Run.id == b).values(status="running"))
+    with write_session(engine) as s:
+        s.execute(update(Run).where(Run.id == b).values(heartbeat_at=1.0, status="running"))  # no change: no seq
+    with read_session(engine) as s:
+        runs = dict(s.execute(select(Run.id, Run.seq).where(Run.sweep_id == sweep.id)).all())
+        metric = s.execute(select(Metric.sweep_id, Metric.seq)).one()
+        counter = s.scalar(select(SweepSeq.seq).where(SweepSeq.sweep_id == sweep.id))
+    assert runs == {a: 1, b: 4} and metric == (sweep.id, 3) and counter == 4  # inserts 1, 2; metric 3; status 4
+
+
+def test_0002_numbers_what_was_written_before_it(settings: Settings) -> None:
+    """A database of revision 0001 with data: after 0002 a stream from 0 sends it all, and new
+    commits come after it."""
+    from alembic import command
+
+    from app.db import make_engine
+    from app.migrate import alembic_config
+    from app.services.stream import changes_since
+
+    url = settings.database_url
+    command.upgrade(alembic_config(url), "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sweeps (id, name, dataset, spec, run_count, created_at) "
+                              "VALUES (1, 's', 'mnist', '{}', 1, 0)"))
+            conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
+                              "VALUES (1, 1, 0, 'k', 'base', '{}', '{}')"))
+            conn.execute(text("INSERT INTO runs (id, sweep_id, config_id, seed, status, source, attempt, max_attempts,"
+                              " epochs, last_epoch, cancel_requested, created_at, train_seconds) "
+                              "VALUES (1, 1, 1, 0, 'running', 'queue', 1, 3, 3, 1, false, 0, 0)"))
+            conn.execute(text("INSERT INTO metrics (run_id, key, epoch, value, created_at) "
+                              "VALUES (1, 'loss', 0, 1.0, 0), (1, 'loss', 1, 0.5, 0)"))
+        migrate(url)
+        old = changes_since(engine, 1, 0)
+        assert [p["epoch"] for p in old.points] == [0, 1] and old.statuses == {"1": "running"}
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO metrics (run_id, key, epoch, value, created_at) "
+                              "VALUES (1, 'loss', 2, 0.2, 0)"))
+        assert [p["epoch"] for p in changes_since(engine, 1, old.cursor).points] == [2]
+    finally:
+        engine.dispose()

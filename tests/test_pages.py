@@ -122,7 +122,7 @@ def test_a_committed_epoch_appears_on_an_open_sweep_page(page: Page, engine: Eng
     t0 = time.monotonic()
     record_epoch(engine, claim, 2, study_curve(0, run.seed, 2), None, 60.0)
     with read_session(engine) as s:
-        top = s.scalar(select(func.max(Metric.id)))
+        top = s.scalar(select(func.max(Metric.seq)).where(Metric.run_id == run.id))  # the stream's cursor
     p.wait_for_function(f"() => Number(document.body.dataset.drawnCursor) >= {top}", timeout=10_000)
     seconds = time.monotonic() - t0
     assert p.evaluate(POINTS) > before

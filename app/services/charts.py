@@ -1,6 +1,6 @@
 """Data behind the charts, aggregated in the database: per config and epoch the mean / std / min /
-max / n over replicates; a sweep's table of final metrics; single replicates on demand; the stream
-of epochs since a cursor. Answers are columnar ({"epochs": [...], "mean": [...]}) and cached per
+max / n over replicates; a sweep's table of final metrics; single replicates on demand (the event
+stream is app.services.stream). Answers are columnar ({"epochs": [...], "mean": [...]}) and cached per
 process: a curve is recomputed when its config's runs change, a table when a run status does."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from app.datasets import CLASS_NAMES, DATASETS, DatasetUnavailable, ImageData, load, locate
 from app.db import read_session
 from app.errors import NotFound
 from app.models import Config, Metric, Run, RunStatus, Sweep
 from app.services import stats
+from app.services.stream import snapshot_session, sweep_seqs
 from app.services.sweeps import get_sweep_row
 
 CURVE_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -90,23 +91,28 @@ def _scope(sweep_id: int | None, config_ids: Sequence[int] | None) -> Any:
 
 
 class Snapshot:
-    """Every run of a scope as (config, last epoch, status), and the newest metric id, read together.
-    A worker records an epoch's metrics with the run's last epoch and a retry deletes them with a
-    status change, so two snapshots, plus the runs of the metrics written between their cursors,
-    tell which configs' curves changed."""
+    """Every run of a scope as (config, last epoch, status) and its sweeps' commit sequences
+    (app.services.stream), read in one snapshot. A worker records an epoch's metrics with the run's
+    last epoch and a retry deletes them with a status change, so two snapshots, plus the runs of the
+    metrics committed between their sequences, tell which configs' curves changed."""
 
-    def __init__(self, cursor: int, runs: dict[int, tuple[int, int, str]]) -> None:
-        self.cursor, self.runs = cursor, runs
-        self.digest = hash(frozenset(runs.items()))
+    def __init__(self, seqs: dict[int, int], runs: dict[int, tuple[int, int, str]]) -> None:
+        self.seqs, self.runs = seqs, runs
         self.status_digest = hash(frozenset((r, v[2]) for r, v in runs.items()))
+
+    @property
+    def cursor(self) -> int | None:
+        """Where the stream of the scope's sweep goes on from; None for configs of several sweeps."""
+        return next(iter(self.seqs.values())) if len(self.seqs) == 1 else None
 
     def changed_configs(self, engine: Engine, older: Snapshot) -> set[int]:
         changed = {(self.runs.get(r) or older.runs[r])[0] for r in self.runs.keys() | older.runs.keys()
                    if self.runs.get(r) != older.runs.get(r)}
-        if self.cursor > older.cursor:
+        moved = [and_(Metric.sweep_id == sweep, Metric.seq > older.seqs.get(sweep, 0), Metric.seq <= seq)
+                 for sweep, seq in self.seqs.items() if seq > older.seqs.get(sweep, 0)]
+        if moved:
             with read_session(engine) as s:
-                written = s.scalars(select(Metric.run_id).distinct()
-                                    .where(Metric.id > older.cursor, Metric.id <= self.cursor)).all()
+                written = s.scalars(select(Metric.run_id).distinct().where(or_(*moved))).all()
             changed |= {self.runs[r][0] for r in written if r in self.runs}
         return changed
 
@@ -118,10 +124,11 @@ class Snapshot:
 
 
 def snapshot(engine: Engine, scope: Scope) -> Snapshot:
-    with read_session(engine) as s:
-        cursor = s.scalar(select(func.max(Metric.id))) or 0
-        rows = s.execute(select(Run.id, Run.config_id, Run.last_epoch, Run.status).where(scope.where())).all()
-    return Snapshot(cursor, {r.id: (r.config_id, r.last_epoch, r.status) for r in rows})
+    with snapshot_session(engine) as s:
+        rows = s.execute(select(Run.id, Run.sweep_id, Run.config_id, Run.last_epoch, Run.status)
+                         .where(scope.where())).all()
+        seqs = sweep_seqs(s, [scope.sweep_id] if scope.sweep_id is not None else [r.sweep_id for r in rows])
+    return Snapshot(seqs, {r.id: (r.config_id, r.last_epoch, r.status) for r in rows})
 
 
 # ---- configs ---------------------------------------------------------------------------------
@@ -246,7 +253,7 @@ def _aggregates(engine: Engine, keys: Sequence[str], sweep_id: int | None, confi
         if any(memo.peek((engine.url, "agg", scope, key)) is None for key in keys):
             # No curves of the whole sweep to cut from: compute only these configs' (a page shows a few).
             agg_scope = Scope(sweep_id, tuple(sorted(wanted)))
-            agg_snap = Snapshot(snap.cursor, {r: v for r, v in snap.runs.items() if v[0] in wanted})
+            agg_snap = Snapshot(snap.seqs, {r: v for r, v in snap.runs.items() if v[0] in wanted})
 
     curves = {key: _aggregates_of(engine, key, agg_scope, agg_snap) for key in keys}
 
@@ -256,15 +263,16 @@ def _aggregates(engine: Engine, keys: Sequence[str], sweep_id: int | None, confi
             for config_id, col in by_config.items():
                 if str(config_id) in series:
                     series[str(config_id)][key] = col
-        return {"cursor": snap.cursor, "keys": list(keys), "configs": _with_counts(rows, snap), "series": series}
+        return {"keys": list(keys), "configs": _with_counts(rows, snap), "series": series}
 
+    # The curves hold at least what committed up to the snapshot's cursor (they were read after it,
+    # or have not changed since), so a stream from it misses nothing.
     if not as_json:
-        return build()
+        return {"cursor": snap.cursor, **build()}
     subset = tuple(c["id"] for c in rows) if sweep_id is not None and config_ids is not None else None
-    # Kept while the curves are unchanged; its cursor may then lag, which is harmless: nothing of
-    # this scope was committed after it.
     version = (snap.status_digest, tuple(generation for generation, _ in curves.values()))
-    return memo.get((engine.url, "agg-json", scope, subset, tuple(keys)), version, lambda: _dumps(build()))
+    body = memo.get((engine.url, "agg-json", scope, subset, tuple(keys)), version, lambda: _dumps(build()))
+    return b'{"cursor":' + _dumps(snap.cursor) + b"," + body[1:]  # kept while curves hold; the cursor fresh
 
 
 def aggregate_series(engine: Engine, keys: Sequence[str], sweep_id: int | None = None,
@@ -284,17 +292,19 @@ def aggregate_json(engine: Engine, keys: Sequence[str], sweep_id: int | None = N
 
 def run_series(engine: Engine, keys: Sequence[str], sweep_id: int | None = None,
                config_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    """Every replicate's own series for KEYS (columnar) with the cursor to stream from."""
-    with read_session(engine) as s:
-        runs = s.execute(select(Run.id, Run.config_id, Run.seed, Run.status)
+    """Every replicate's own series for KEYS (columnar) with the cursor to stream from (read in the
+    same snapshot; None for configs of several sweeps)."""
+    with snapshot_session(engine) as s:
+        runs = s.execute(select(Run.id, Run.sweep_id, Run.config_id, Run.seed, Run.status)
                          .where(_scope(sweep_id, config_ids)).order_by(Run.id)).all()
-        cursor = s.scalar(select(func.max(Metric.id))) or 0
+        seqs = sweep_seqs(s, [sweep_id] if sweep_id is not None else [r.sweep_id for r in runs])
         rows = s.execute(
             select(Metric.run_id, Metric.key, Metric.epoch, Metric.value)
             .join(Run, Run.id == Metric.run_id)
-            .where(_scope(sweep_id, config_ids), Metric.key.in_(list(keys)), Metric.id <= cursor)
+            .where(_scope(sweep_id, config_ids), Metric.key.in_(list(keys)))
             .order_by(Metric.run_id, Metric.key, Metric.epoch)
         ).all()
+    cursor = next(iter(seqs.values())) if len(seqs) == 1 else None
     out: dict[int, dict[str, Any]] = {
         r.id: {"run_id": r.id, "config_id": r.config_id, "seed": r.seed, "status": r.status,
                "series": {k: {"epochs": [], "values": []} for k in keys}}
@@ -539,37 +549,3 @@ def dataset_images(name: str, data_dir: Path, split: str, start: int, count: int
     return {"name": name, "split": split, "start": start, "shape": list(x.shape[1:]),
             "class_names": CLASS_NAMES[name], "labels": [int(v) for v in y[start:stop]],
             "images": [row.tolist() for row in x[start:stop].reshape(stop - start if stop > start else 0, -1)]}
-
-
-# ---- the stream ------------------------------------------------------------------------------
-
-def epochs_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str] | None = None,
-                 limit: int = 5000, run_id: int | None = None, skip: set[int] | None = None,
-                 lookback: int = 0) -> dict[str, Any]:
-    """Metric rows of the sweep (or of one of its runs) committed after CURSOR (a metric id), and the
-    run statuses. With LOOKBACK, rows down to CURSOR - LOOKBACK whose ids are not in SKIP come too:
-    PostgreSQL may make an id visible after a larger one. Reads the new ids by primary key first, so
-    a poll costs what was written since the last one, whatever the size of the sweep."""
-    with read_session(engine) as s:
-        runs_q = select(Run.id, Run.config_id, Run.status).where(Run.sweep_id == sweep_id)
-        runs = s.execute(runs_q.where(Run.id == run_id) if run_id is not None else runs_q).all()
-        lo = max(0, cursor - lookback)
-        q = select(Metric.id, Metric.run_id, Metric.key, Metric.epoch, Metric.value)
-        if run_id is not None:
-            q = q.where(Metric.run_id == run_id)
-        if keys:
-            q = q.where(Metric.key.in_(list(keys)))
-        rows = list(s.execute(q.where(Metric.id > cursor).order_by(Metric.id).limit(limit)).all())
-        if lookback and cursor > 0:
-            late = set(s.scalars(select(Metric.id).where(Metric.id > lo, Metric.id <= cursor))) - (skip or set())
-            if late:
-                rows = list(s.execute(q.where(Metric.id.in_(sorted(late))).order_by(Metric.id)).all()) + rows
-    config_of = {r.id: r.config_id for r in runs}
-    new_cursor = max(cursor, rows[-1].id) if rows else cursor
-    return {
-        "cursor": new_cursor,
-        "points": [{"id": r.id, "run_id": r.run_id, "config_id": config_of[r.run_id], "key": r.key,
-                    "epoch": r.epoch, "value": _num(r.value)} for r in rows if r.run_id in config_of],
-        "scanned": [r.id for r in rows],
-        "statuses": {str(r.id): r.status for r in runs},
-    }
