@@ -38,7 +38,8 @@ class BodyRefused(HTTPException):
 
 class BodyLimit:
     """Refuse request bodies over MAX_BYTES (413) or still arriving after READ_SECONDS (408),
-    counted on the bytes received; the connection is closed after the answer, so the rest of the
+    counted on the bytes received. Whenever the answer goes out before the whole body came in
+    (refused, or a route that reads none), the connection is closed after it, so the rest of the
     body is never read."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, read_seconds: float = BODY_READ_SECONDS) -> None:
@@ -48,18 +49,23 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             await _refuse(scope, send, self._too_large())
             return
-        body = _BoundedBody(receive, self.max_bytes, time.monotonic() + self.read_seconds, self._too_large)
+        has_body = "chunked" in headers.get("transfer-encoding", "").lower() or (length.isdigit() and int(length) > 0)
+        body = _BoundedBody(receive, self.max_bytes, time.monotonic() + self.read_seconds, self._too_large,
+                            complete=not has_body)
         started = False
 
         async def send_closing(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if body.refused:  # stop reading: the rest of the body is never wanted
+                # Answered before the body was read (refused, or a route that takes none): close
+                # the connection rather than let the server read and drop the rest of it.
+                if body.refused or not body.complete:
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
@@ -77,9 +83,9 @@ class _BoundedBody:
     """A `receive` that counts body bytes and enforces a deadline until the body is complete."""
 
     def __init__(self, receive: Receive, max_bytes: int, deadline: float,
-                 too_large: Callable[[], BodyRefused]) -> None:
+                 too_large: Callable[[], BodyRefused], complete: bool) -> None:
         self._receive, self._max, self._deadline, self._too_large = receive, max_bytes, deadline, too_large
-        self.received, self.complete, self.refused = 0, False, False
+        self.received, self.complete, self.refused = 0, complete, False
 
     async def receive(self) -> Message:
         if self.refused:  # whoever asks again (a disconnect listener) hears the client is gone
