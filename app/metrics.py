@@ -1,0 +1,68 @@
+"""The metric catalogue: every per-epoch key sweeplab knows, with its title, the axis it shares,
+whether it is drawn as a curve, how it is formatted and which direction is better.
+
+One place for each word (STYLE.md, "One vocabulary"): trainers report these keys, services
+aggregate them, the stream sends them and the pages draw them from `catalogue_json()`, which the
+server hands to every page. A key a run reports that is not listed here (an external run's own
+metric) still gets a generic entry from `describe()`, so it can be drawn too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Format = Literal["percent", "number", "seconds"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    key: str
+    title: str
+    axis: str  # metrics with the same axis share a y axis (and a chart group)
+    curve: bool  # drawn as a curve over epochs on the sweep and run pages
+    format: Format
+    higher_is_better: bool | None  # None: neither (a time, a learning rate)
+
+
+LOSS = "loss"
+ACCURACY = "accuracy"
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_accuracy"
+EPOCH_SECONDS = "epoch_seconds"
+
+CATALOGUE: tuple[MetricInfo, ...] = (
+    MetricInfo(LOSS, "training loss", "loss", True, "number", False),
+    MetricInfo(VAL_LOSS, "validation loss", "loss", True, "number", False),
+    MetricInfo(ACCURACY, "training accuracy", "accuracy", True, "percent", True),
+    MetricInfo(VAL_ACCURACY, "validation accuracy", "accuracy", True, "percent", True),
+    MetricInfo(EPOCH_SECONDS, "seconds per epoch", "seconds", False, "seconds", None),
+)
+BY_KEY: dict[str, MetricInfo] = {m.key: m for m in CATALOGUE}
+
+# What a trainer reports each epoch (the worker adds epoch_seconds itself).
+TRAINER_KEYS: tuple[str, ...] = (LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY)
+CURVE_KEYS: tuple[str, ...] = tuple(m.key for m in CATALOGUE if m.curve)
+# The metric a sweep is judged by unless the user picks another, and the finals the table shows.
+PRIMARY_KEY = VAL_ACCURACY
+FINAL_KEYS: tuple[str, ...] = (ACCURACY, VAL_ACCURACY)
+
+
+def describe(key: str) -> MetricInfo:
+    """The catalogue's entry for KEY, or a generic one for a key only some run reports."""
+    known = BY_KEY.get(key)
+    if known is not None:
+        return known
+    lowered = key.lower()
+    better: bool | None = None
+    if "loss" in lowered or "error" in lowered:
+        better = False
+    elif "acc" in lowered or "auc" in lowered or "precision" in lowered or "recall" in lowered:
+        better = True
+    axis = "loss" if better is False else "accuracy" if better else key
+    return MetricInfo(key, key.replace("_", " "), axis, True, "number", better)
+
+
+def catalogue_json() -> list[dict[str, Any]]:
+    """The catalogue as the pages read it."""
+    return [asdict(m) for m in CATALOGUE]
