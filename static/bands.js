@@ -1,6 +1,6 @@
 // Replicate bands: per config the mean curve (bold), its spread (std or min-max band) and, when
 // loaded, every replicate's own curve (thin), for loss / accuracy, training and validation.
-import { PLOT_CONFIG, fade, layout } from "/static/common.js";
+import { PLOT_CONFIG, chartText, fade, layout } from "/static/common.js";
 
 export const CURVES = [
   { key: "loss", title: "training loss", y: "loss" },
@@ -28,27 +28,28 @@ export function curveTraces(key, configs, agg, reps, mode) {
   const traces = [];
   for (const c of configs) {
     const group = String(c.id);
+    const name = chartText(c.name);
     const col = agg[group]?.[key];
     const common = { type: "scatter", mode: "lines", legendgroup: group, showlegend: false };
     if (col && col.epochs.length) {
       traces.push({ ...common, uid: `${group}-band`, ...band(col, mode), fill: "toself", fillcolor: fade(c.colour, 0.2),
-        line: { width: 0, color: c.colour }, hoverinfo: "skip", name: `${c.name} (${mode === "minmax" ? "min–max" : "±1 std"})` });
+        line: { width: 0, color: c.colour }, hoverinfo: "skip", name: `${name} (${mode === "minmax" ? "min–max" : "±1 std"})` });
     }
     for (const run of reps.get(c.id) || []) {
       const s = run.series[key];
       if (!s) continue;
       traces.push({ ...common, uid: `r${run.run_id}`, x: s.epochs, y: s.values, line: { width: 1, color: fade(c.colour, 0.5) },
-        hovertemplate: `run ${run.run_id} · seed ${run.seed}<br>epoch %{x}: %{y:.4f}<extra>${c.name}</extra>` });
+        name, hovertemplate: `run ${Number(run.run_id)} · seed ${Number(run.seed)}<br>epoch %{x}: %{y:.4f}<extra>%{fullData.name}</extra>` });
     }
     if (col && col.epochs.length) {
       // markers only on short curves: hundreds of them cost more to draw than the lines
-      traces.push({ ...common, uid: `${group}-mean`, x: col.epochs, y: col.mean, name: c.name, showlegend: true,
+      traces.push({ ...common, uid: `${group}-mean`, x: col.epochs, y: col.mean, name, showlegend: true,
         mode: col.epochs.length <= 25 ? "lines+markers" : "lines", marker: { size: 5 }, line: { width: 3, color: c.colour },
         customdata: col.epochs.map((_, i) => [col.n[i], col.std[i] ?? NaN]),
         hovertemplate: "epoch %{x}: mean %{y:.4f}<br>std %{customdata[1]:.4f}, n=%{customdata[0]}<extra>%{fullData.name}</extra>" });
     } else {
       // a legend entry even before the first epoch, so every config is named from the start
-      traces.push({ ...common, uid: `${group}-mean`, x: [], y: [], name: c.name, showlegend: true, line: { width: 3, color: c.colour } });
+      traces.push({ ...common, uid: `${group}-mean`, x: [], y: [], name, showlegend: true, line: { width: 3, color: c.colour } });
     }
   }
   return traces;

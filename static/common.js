@@ -82,12 +82,20 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Plotly reads every string it draws (trace names, legends, hover labels, axis titles and ticks,
+// annotations) as markup: <a href>, <b>, <span style>, <br>. Text from users (sweep names, config
+// labels, class names) goes through chartText once, before it reaches Plotly, and shows as typed:
+// Plotly turns the entities back into characters. Never put such text into a hovertemplate: pass
+// it as the trace name (%{fullData.name}) or in customdata, which Plotly does not expand again.
+export const chartText = (value) => String(value ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+// Titles are plain text (escaped here); extra.xaxis / extra.yaxis titles must come escaped.
 export function layout(title, xTitle, yTitle, extra = {}) {
   return {
-    title: { text: title, font: { size: 15 } },
-    xaxis: { title: { text: xTitle }, zeroline: false, ...(extra.xaxis || {}) },
-    yaxis: { title: { text: yTitle }, zeroline: false, ...(extra.yaxis || {}) },
-    legend: { title: { text: extra.legendTitle || "config" }, ...(extra.legend || {}) },
+    title: { text: chartText(title), font: { size: 15 } },
+    xaxis: { title: { text: chartText(xTitle) }, zeroline: false, ...(extra.xaxis || {}) },
+    yaxis: { title: { text: chartText(yTitle) }, zeroline: false, ...(extra.yaxis || {}) },
+    legend: { title: { text: chartText(extra.legendTitle || "config") }, ...(extra.legend || {}) },
     margin: { t: 44, r: 16, b: 52, l: 64 },
     hovermode: "closest",
     uirevision: "keep",

@@ -1,7 +1,7 @@
 // Compare page: configs from any sweeps overlaid (replicate bands), their final accuracy per
 // replicate, and Welch's test of each against the first, in words. Refreshes while runs train.
 import { CURVE_KEYS, drawCurves } from "/static/bands.js";
-import { PLOT_CONFIG, api, colourFor, el, layout, markReady, plotlyReady } from "/static/common.js";
+import { PLOT_CONFIG, api, chartText, colourFor, el, layout, markReady, plotlyReady } from "/static/common.js";
 import { drawConfigTable } from "/static/table.js";
 
 const { configs: chosen } = JSON.parse(document.getElementById("compare-data").textContent);
@@ -9,6 +9,7 @@ const keysQuery = CURVE_KEYS.map((k) => `keys=${k}`).join("&");
 const state = { agg: null, cmp: null, reps: new Map(), band: "std" };
 const colourOf = (id) => colourFor(chosen.indexOf(id));
 const nameOf = (c) => (c.label === "base" ? c.sweep_name : `${c.sweep_name} · ${c.label}`);
+const chartName = (c) => chartText(nameOf(c)); // as a trace name and category of the final-accuracy charts
 
 // The picker keeps the text box and the checkboxes in step.
 const input = document.getElementById("configs-input");
@@ -42,7 +43,7 @@ function drawVerdicts() {
 
 function drawFinal(holder, key, title) {
   const rows = state.cmp.configs;
-  const names = rows.map(nameOf);
+  const names = rows.map(chartName);
   const traces = rows.map((r, i) => ({
     type: "box", name: names[i], x: r.final[key].values.map(() => names[i]), y: r.final[key].values,
     boxpoints: "all", jitter: 0.4, pointpos: -1.6, marker: { color: colourOf(r.id), size: 6 },
@@ -52,7 +53,7 @@ function drawFinal(holder, key, title) {
   }));
   const have = rows.filter((r) => r.final[key].mean !== null);
   traces.push({
-    type: "scatter", mode: "markers", name: "mean ± 95% CI", x: have.map(nameOf), y: have.map((r) => r.final[key].mean),
+    type: "scatter", mode: "markers", name: "mean ± 95% CI", x: have.map(chartName), y: have.map((r) => r.final[key].mean),
     marker: { color: "#111827", size: 9, symbol: "diamond" },
     error_y: { type: "data", visible: true, thickness: 2, width: 8,
       array: have.map((r) => (r.final[key].ci_high ?? r.final[key].mean) - r.final[key].mean),

@@ -1,5 +1,5 @@
 // Dataset page: the first training images with their labels, and the examples per class.
-import { PLOT_CONFIG, api, layout, markReady, plotlyReady } from "/static/common.js";
+import { PLOT_CONFIG, api, chartText, layout, markReady, plotlyReady } from "/static/common.js";
 import { imageAxes, imageTrace } from "/static/images.js";
 
 const summary = JSON.parse(document.getElementById("dataset-data").textContent);
@@ -17,7 +17,7 @@ async function drawImages() {
     const top = 1 - row / rows - 0.09, bottom = 1 - (row + 1) / rows + 0.01;
     traces.push({ ...imageTrace(pixels, data.shape, i + 1, `image ${i}`), showlegend: false });
     lay = { ...lay, ...imageAxes(i + 1, x, [bottom, top]) };
-    annotations.push({ text: `<b>${data.class_names[data.labels[i]]}</b>`, xref: "paper", yref: "paper",
+    annotations.push({ text: `<b>${chartText(data.class_names[data.labels[i]])}</b>`, xref: "paper", yref: "paper",
       x: (x[0] + x[1]) / 2, y: top + 0.01, yanchor: "bottom", showarrow: false, font: { size: 13 } });
   });
   return Plotly.newPlot("dataset-images", traces, {
@@ -27,7 +27,7 @@ async function drawImages() {
 }
 
 function drawCounts() {
-  const classes = summary.class_names;
+  const classes = summary.class_names.map(chartText);
   const traces = ["train", "test"].map((split, i) => ({
     type: "bar", name: `${split} (${summary[split].n})`, x: classes, y: summary[split].counts.map((c) => (100 * c) / summary[split].n),
     customdata: summary[split].counts, marker: { color: i ? "#f59e0b" : "#2563eb" },

@@ -1,6 +1,6 @@
 // Run page: loss and accuracy (training and validation, twin axes), the confusion matrix, and the
 // first test images with the network's outputs before and after training. Live while it trains.
-import { PLOT_CONFIG, api, markReady, openStream, plotlyReady, post, throttle } from "/static/common.js";
+import { PLOT_CONFIG, api, chartText, markReady, openStream, plotlyReady, post, throttle } from "/static/common.js";
 import { imageAxes, imageTrace } from "/static/images.js";
 
 const run = JSON.parse(document.getElementById("run-data").textContent);
@@ -38,7 +38,7 @@ async function drawConfusion() {
   const { matrix } = await api(`/api/runs/${run.id}/artifacts/confusion_matrix`);
   const total = matrix.flat().reduce((a, b) => a + b, 0);
   const right = matrix.reduce((a, row, i) => a + row[i], 0);
-  const labels = run.class_names;
+  const labels = run.class_names.map(chartText);
   await Plotly.newPlot(holder, [{
     type: "heatmap", z: matrix, x: labels, y: labels, colorscale: "Blues", reversescale: true, texttemplate: "%{z}",
     colorbar: { title: { text: "test images" } }, name: "count",
@@ -64,7 +64,7 @@ async function drawOutputs() {
   const count = base.indices.length;
   const first = Math.min(...base.indices);
   const images = await api(`/api/datasets/${run.dataset}/images?split=test&start=${first}&count=${count}`).catch(() => null);
-  const classes = run.class_names;
+  const classes = run.class_names.map(chartText);
   const traces = [], annotations = [];
   let lay = {};
   const top = Math.max(1, ...[before, after].filter(Boolean).flatMap((o) => o.outputs.flat()));

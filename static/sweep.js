@@ -2,7 +2,7 @@
 // configs and the runs, all following the server's event stream (aggregates re-read on new epochs).
 import { CURVE_KEYS, MAX_SHOWN, addPoints, drawCurves } from "/static/bands.js";
 import {
-  PLOT_CONFIG, api, colourFor, drawProgress, el, layout, markReady, openStream, plotlyReady, post, throttle,
+  PLOT_CONFIG, api, chartText, colourFor, drawProgress, el, layout, markReady, openStream, plotlyReady, post, throttle,
 } from "/static/common.js";
 import { drawConfigTable } from "/static/table.js";
 
@@ -76,13 +76,15 @@ const GROUP_LINES = ["#111827", "#b45309", "#0f766e", "#7c3aed", "#be123c", "#4b
 const sameValue = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 const shortPath = (p) => ({ "model.hidden": "hidden", "optimizer.learning_rate": "lr", "optimizer.name": "optimizer" }[p] || p.split(".").pop());
 
+// Tick labels and titles as Plotly shows them (see chartText); the box traces' x values match.
 function xAxisFor(axis) {
+  const labels = axis.labels.map(chartText);
   if (axis.kind === "category") {
-    return { type: "category", categoryorder: "array", categoryarray: axis.labels, title: { text: axis.title } };
+    return { type: "category", categoryorder: "array", categoryarray: labels, title: { text: chartText(axis.title) } };
   }
   const scale = axis.kind === "log2" ? " — log₂ scale" : axis.kind === "log10" ? " — log scale" : "";
-  return { type: axis.kind === "linear" ? "linear" : "log", tickvals: axis.x, ticktext: axis.labels,
-    title: { text: axis.title + scale } };
+  return { type: axis.kind === "linear" ? "linear" : "log", tickvals: axis.x, ticktext: labels,
+    title: { text: chartText(axis.title + scale) } };
 }
 
 function sweepTraces(which, axis, others) {
@@ -90,14 +92,15 @@ function sweepTraces(which, axis, others) {
   const pos = (row) => axis.values.findIndex((v) => sameValue(v, row.params[axis.path]));
   const groupOf = (row) => others.map((a) => `${shortPath(a.path)}=${JSON.stringify(row.params[a.path])}`).join(" · ");
   const groups = [...new Set(rows.map(groupOf))];
+  const labels = axis.labels.map(chartText);
   const traces = [];
   for (const m of METRICS) {
     groups.forEach((g, gi) => {
       const mine = rows.filter((r) => groupOf(r) === g).sort((a, b) => pos(a) - pos(b));
-      const name = g ? `${m.name} · ${g}` : m.name;
+      const name = chartText(g ? `${m.name} · ${g}` : m.name);
       if (axis.kind === "category") {
         const x = [], y = [];
-        for (const r of mine) for (const v of r[which][m.key].values) { x.push(axis.labels[pos(r)]); y.push(v); }
+        for (const r of mine) for (const v of r[which][m.key].values) { x.push(labels[pos(r)]); y.push(v); }
         traces.push({ type: "box", name, x, y, boxpoints: "all", jitter: 0.35, pointpos: 0, boxmean: true,
           marker: { color: gi ? GROUP_LINES[gi % GROUP_LINES.length] : m.line, size: 5 }, line: { width: 1.5 },
           opacity: m.key === "accuracy" ? 0.55 : 1 });
@@ -112,7 +115,7 @@ function sweepTraces(which, axis, others) {
           arrayminus: s.map((v) => (v.ci_low === null ? 0 : v.mean - v.ci_low)) },
         line: { color: gi ? GROUP_LINES[gi % GROUP_LINES.length] : m.line, dash: m.dash, width: 2 },
         marker: { size: 10, symbol: m.symbol, color: have.map((r) => colourOf(r.id)), line: { width: 1, color: "#111827" } },
-        customdata: have.map((r, i) => [axis.labels[pos(r)], s[i].n, s[i].ci_low ?? NaN, s[i].ci_high ?? NaN]),
+        customdata: have.map((r, i) => [labels[pos(r)], s[i].n, s[i].ci_low ?? NaN, s[i].ci_high ?? NaN]),
         hovertemplate: "%{customdata[0]}: %{y:.4f}<br>95% CI [%{customdata[2]:.4f}, %{customdata[3]:.4f}], n=%{customdata[1]}<extra>%{fullData.name}</extra>",
       });
     });
