@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HEARTBEATS_PER_LEASE = 3  # heartbeats that fit in one lease, at least
 
 
 def _default_pack_size() -> int:
@@ -61,6 +62,17 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_well_below_lease(self) -> Settings:
+        """A lease must survive a late or failed heartbeat or two, else a busy but healthy worker
+        loses its runs to the reaper."""
+        if self.heartbeat_seconds > self.lease_seconds / HEARTBEATS_PER_LEASE:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most a third of lease_seconds "
+                f"({self.lease_seconds:g}): set SWEEPLAB_HEARTBEAT_SECONDS <= "
+                f"{self.lease_seconds / HEARTBEATS_PER_LEASE:.3g} or raise SWEEPLAB_LEASE_SECONDS")
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -25,6 +25,7 @@ from app.config import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 POOL_TIMEOUT_SECONDS = 2.0
+PG_CONNECT_TIMEOUT_SECONDS = 10
 _engines: dict[tuple[str, float, float], Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -79,7 +80,9 @@ def make_engine(url: str, busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECO
                                connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False})
         _install_sqlite_hooks(engine, busy_timeout_seconds)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=pool_timeout_seconds)
+    # A connect that hangs (a host gone during a failover) fails after connect_timeout and is retried.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=pool_timeout_seconds,
+                         connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS})
 
 
 def get_engine(url: str, busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,

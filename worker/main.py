@@ -12,10 +12,12 @@ import uuid
 from types import FrameType
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.db import engine_for
-from app.services.queue import claim_runs
+from app.retry import DatabaseUnavailable, retry_transient
+from app.services.queue import Claim, claim_runs, claims_with_token, new_token
 from app.services.reaping import reap_all
 from worker.trainer import TrainerFactory
 
@@ -54,16 +56,46 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def reap_once(engine: Engine, settings: Settings) -> None:
+    """One reaper pass; a failure is logged and the next pass tries again."""
+    try:
+        result = retry_transient(lambda: reap_all(engine, settings), settings.reap_seconds, "reaper")
+    except DatabaseUnavailable as exc:
+        log.warning("reaper: %s", exc)
+        return
+    except SQLAlchemyError:
+        log.exception("reaper failed")
+        return
+    if result.changed:
+        log.info("reaper: %s", result)
+
+
+class Reaper(threading.Thread):
+    """Reaps expired leases every reap_seconds, also while this worker trains a long pack: a dead
+    worker's runs go back to the queue within a lease and a reap, whatever the others are doing."""
+
+    MIN_WAIT_SECONDS = 0.05  # a reap_seconds of 0 (tests) must not spin
+
+    def __init__(self, engine: Engine, settings: Settings):
+        super().__init__(daemon=True, name="reaper")
+        self.engine, self.settings = engine, settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(max(self.settings.reap_seconds, self.MIN_WAIT_SECONDS)):
+            reap_once(self.engine, self.settings)
+
+
 class Worker:
     """Claims and trains until told to stop (SIGTERM/SIGINT, or `max_packs` packs, or idle with `once`)."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None, worker_id: str | None = None):
+    def __init__(self, settings: Settings, engine: Engine | None = None, worker_id: str | None = None,
+                 factory: TrainerFactory | None = None):
         self.settings = settings
         self.engine = engine or engine_for(settings)
         self.worker_id = worker_id or new_worker_id()
         self.shutdown = threading.Event()
-        self._factory: TrainerFactory | None = None
-        self._last_reap = 0.0
+        self._factory = factory
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -78,36 +110,60 @@ class Worker:
             self._factory = trainer_factory(self.settings)
         return self._factory
 
-    def reap_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap >= self.settings.reap_seconds:
-            self._last_reap = now
-            result = reap_all(self.engine, self.settings)
-            if result.changed:
-                log.info("reaper: %s", result)
+    def claim(self) -> list[Claim]:
+        """Claim a pack, retried through transient database errors. A try whose commit's answer was
+        lost may have claimed runs: the retry looks for them by the claim's token first."""
+        token, tries = new_token(), 0
+
+        def attempt() -> list[Claim]:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and (held := claims_with_token(self.engine, token)):
+                return held
+            return claim_runs(self.engine, self.worker_id, self.settings.pack_size, self.settings.lease_seconds,
+                              token)
+
+        return retry_transient(attempt, self.settings.db_retry_seconds, "claim")
 
     def step(self) -> bool:
-        """Reap if due, claim one pack and train it; False when nothing was queued."""
+        """Claim one pack and train it; False when nothing was queued."""
         from worker.runner import PackRunner
 
-        self.reap_if_due()
-        claims = claim_runs(self.engine, self.worker_id, self.settings.pack_size, self.settings.lease_seconds)
+        factory = self.factory()  # the TensorFlow import comes before the first claim, not inside a lease
+        claimed_at = time.monotonic()
+        claims = self.claim()
         if not claims:
             return False
         log.info("claimed runs %s (config %d, from epoch %d, attempt %d)", [c.run_id for c in claims],
                  claims[0].config_id, claims[0].last_epoch + 1, max(c.attempt for c in claims))
-        PackRunner(self.engine, self.settings, claims, self.factory(), self.shutdown).run()
+        PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
         return True
 
     def run(self, once: bool = False, max_packs: int | None = None) -> int:
         """The main loop; returns the number of packs trained. Database hiccups are retried."""
         log.info("worker %s started (pack size %d, database %s)", self.worker_id, self.settings.pack_size,
                  self.engine.dialect.name)
+        reap_once(self.engine, self.settings)
+        reaper = Reaper(self.engine, self.settings)
+        reaper.start()
+        try:
+            packs = self._loop(once, max_packs)
+        finally:
+            reaper.stopped.set()
+        log.info("worker %s stopped after %d packs", self.worker_id, packs)
+        return packs
+
+    def _loop(self, once: bool, max_packs: int | None) -> int:
         packs, backoff = 0, 1.0
         while not self.shutdown.is_set():
             try:
                 worked = self.step()
                 backoff = 1.0
+            except DatabaseUnavailable as exc:
+                log.warning("%s; retrying in %.0f s", exc, backoff)
+                self.shutdown.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
             except Exception:
                 log.exception("worker loop error; retrying in %.0f s", backoff)
                 self.shutdown.wait(backoff)
@@ -121,5 +177,4 @@ class Worker:
                 break
             else:
                 self.shutdown.wait(self.settings.poll_seconds)
-        log.info("worker %s stopped after %d packs", self.worker_id, packs)
         return packs

@@ -4,24 +4,33 @@ Every write is fenced by the pack's lease token; a run whose write is refused (l
 dropped at once and nothing more is written for it. A heartbeat thread renews the leases while
 the main thread trains, and raises the stop flag when every run of the pack is lost or cancelled
 or the worker is shutting down.
+
+Only an error of training itself fails a run. A database call is retried through transient
+errors while the lease lasts (the queue's writes are idempotent); if the database stays away,
+the pack stops and its runs go back to the queue (released, or their leases expire), never to
+`failed`. Running out of memory takes the whole pack down, so it is treated as a crash is: each
+run goes back with its attempt counted and trains alone next time.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.datasets import DatasetUnavailable, load
 from app.models import RunStatus
+from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import (
     Claim,
     WriteOutcome,
@@ -30,47 +39,25 @@ from app.services.queue import (
     load_checkpoint,
     record_epoch,
     release_run,
+    requeue_crashed,
 )
 from app.spec import TrainSpec
+from worker.artifacts import (
+    OUTPUT_IMAGES,
+    Artifact,
+    confusion,
+    model_path,
+    outputs,
+    remove_model_file,
+    write_model_file,
+)
 from worker.checkpoint import dump_state, load_state
+from worker.heartbeat import Heartbeat, Lease
 from worker.trainer import PreparedData, State, Trainer, TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
-OUTPUT_IMAGES = 10
+T = TypeVar("T")
 _prepared: dict[tuple[str, int | None, int | None], PreparedData] = {}
-
-
-class Heartbeat(threading.Thread):
-    """Renews the pack's leases every heartbeat_seconds; notes lost and cancelled runs."""
-
-    def __init__(self, engine: Engine, settings: Settings, claims: dict[int, Claim], active: set[int],
-                 shutdown: threading.Event):
-        super().__init__(daemon=True, name="heartbeat")
-        self.engine, self.settings, self.claims, self.shutdown = engine, settings, claims, shutdown
-        self.active = active  # shared with the runner: the runs still being trained
-        self.lost: set[int] = set()
-        self.cancelled: set[int] = set()
-        self.finished = threading.Event()
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        while not self.finished.wait(self.settings.heartbeat_seconds):
-            with self.lock:
-                live = [self.claims[i] for i in sorted(self.active) if i not in self.lost]
-            try:
-                states = heartbeat(self.engine, live, self.settings.lease_seconds)
-            except Exception:  # the database may be briefly away; the lease has slack
-                log.warning("heartbeat failed; retrying", exc_info=True)
-                continue
-            with self.lock:
-                self.lost |= {run_id for run_id, st in states.items() if not st.held}
-                self.cancelled |= {run_id for run_id, st in states.items() if st.cancel_requested}
-
-    def should_stop(self) -> bool:
-        if self.shutdown.is_set():
-            return True
-        with self.lock:
-            return all(i in self.lost or i in self.cancelled for i in list(self.active))
 
 
 def prepared_data(spec: TrainSpec, settings: Settings) -> PreparedData:
@@ -84,28 +71,16 @@ def prepared_data(spec: TrainSpec, settings: Settings) -> PreparedData:
     return _prepared[key]
 
 
-def _json(obj: object) -> tuple[str, bytes]:
-    return "application/json", json.dumps(obj).encode()
-
-
-def _outputs(trainer: Trainer, i: int, data: PreparedData) -> tuple[str, bytes]:
-    x = data.x_test[:OUTPUT_IMAGES]
-    out = trainer.predict(i, x)
-    return _json({"indices": list(range(len(x))), "labels": data.y_test[: len(x)].tolist(),
-                  "outputs": np.asarray(out, dtype=float).round(6).tolist()})
-
-
-def _confusion(trainer: Trainer, i: int, data: PreparedData) -> tuple[str, bytes]:
-    predicted = np.asarray(trainer.predict(i, data.x_test)).argmax(axis=1)
-    matrix = np.zeros((10, 10), dtype=int)
-    np.add.at(matrix, (data.y_test, predicted), 1)
-    return _json({"rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()})
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or TensorFlow's ResourceExhaustedError (known by name: no TF import here)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, MemoryError) or "ResourceExhaustedError" in names or "OOM when allocating" in str(exc)
 
 
 def readable_error(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-    if isinstance(exc, MemoryError) or "ResourceExhausted" in name or "OOM" in text:
+    if is_out_of_memory(exc) or "OOM" in text:
         return f"out of memory while training ({name}): {text} — try a smaller pack size or model"
     if isinstance(exc, DatasetUnavailable):
         return text
@@ -116,24 +91,80 @@ class PackRunner:
     """Runs one pack to the end: trains, records, finishes, releases or drops each run."""
 
     def __init__(self, engine: Engine, settings: Settings, claims: list[Claim], factory: TrainerFactory,
-                 shutdown: threading.Event):
+                 shutdown: threading.Event, claimed_at: float | None = None):
         self.engine, self.settings, self.factory, self.shutdown = engine, settings, factory, shutdown
         self.claims = {c.run_id: c for c in claims}
         self.index = {c.run_id: i for i, c in enumerate(claims)}  # run id -> replicate index
         self.active: set[int] = set(self.claims)
         self.done_epoch = {c.run_id: c.last_epoch for c in claims}  # last epoch recorded per run
-        self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown)
+        self.lease = Lease(settings.lease_seconds, claimed_at)
+        self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown, self.lease)
 
     def run(self) -> None:
-        self.beat.start()
+        self.beat.start()  # before data loading and trainer building: the leases run from the claim
         try:
             self._train()
+        except DatabaseUnavailable as exc:
+            log.warning("runs %s: %s; giving them back to the queue", sorted(self.active), exc)
+            self._ending(self._give_back)
+        except SQLAlchemyError:
+            log.exception("runs %s: database error; stopping them (their leases will expire)", sorted(self.active))
         except Exception as exc:
-            log.exception("pack of runs %s failed", sorted(self.active))
-            for run_id in sorted(self.active):
-                finish_run(self.engine, self.claims[run_id], RunStatus.FAILED, readable_error(exc))
+            error = readable_error(exc)
+            if is_out_of_memory(exc):
+                log.warning("pack of runs %s ran out of memory; each goes back to the queue to train alone: %s",
+                            sorted(self.active), error)
+                self._ending(lambda: self._requeue(error))
+            else:
+                log.exception("pack of runs %s failed", sorted(self.active))
+                self._ending(lambda: self._fail(error))
         finally:
             self.beat.finished.set()
+
+    # ---- database calls: retried through transient errors while the lease lasts
+
+    def _db(self, what: str, call: Callable[[], T]) -> T:
+        return retry_transient(call, self.lease.retry_seconds(self.settings), what)
+
+    def _ending(self, settle: Callable[[], None]) -> None:
+        """Settle the pack after an error; if the database fails now, the leases will expire."""
+        try:
+            settle()
+        except (DatabaseUnavailable, SQLAlchemyError) as exc:
+            log.warning("runs %s: could not settle them (%s); their leases will expire", sorted(self.active),
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _live(self) -> list[Claim]:
+        return [self.claims[i] for i in sorted(self.active) if i not in self.beat.lost]
+
+    def _give_back(self) -> None:
+        """Release the runs, retried as long as the lease lasts: a release gives the attempt back, so
+        database outages never use up a run's attempts. Past the lease the reaper requeues them."""
+        for claim in self._live():
+            retry_transient(partial(release_run, self.engine, claim, "database unavailable"),
+                            self.lease.left(), f"release run {claim.run_id}")
+
+    def _requeue(self, error: str) -> None:
+        for claim in self._live():
+            self._db(f"requeue run {claim.run_id}", partial(requeue_crashed, self.engine, claim, error))
+
+    def _fail(self, error: str) -> None:
+        for claim in self._live():
+            self._db(f"fail run {claim.run_id}",
+                     partial(finish_run, self.engine, claim, RunStatus.FAILED, error))
+
+    def _finish(self, claim: Claim, status: RunStatus, error: str | None = None,
+                artifacts: dict[str, Artifact] | None = None) -> bool:
+        return self._db(f"finish run {claim.run_id}",
+                        lambda: finish_run(self.engine, claim, status, error, artifacts))
+
+    def _holds(self, claim: Claim) -> bool:
+        """A fenced check (it renews the lease) that the run is still ours."""
+        states = self._db(f"check lease of run {claim.run_id}", lambda: self.lease.renewing(
+            lambda: heartbeat(self.engine, [claim], self.settings.lease_seconds)))
+        return states[claim.run_id].held
+
+    # ---- training
 
     def _drop(self, trainer: Trainer | None, run_id: int) -> None:
         with self.beat.lock:
@@ -147,7 +178,7 @@ class PackRunner:
         data = self._data(spec)
         states: list[State | None] = []
         for run_id in self.claims:
-            found = load_checkpoint(self.engine, run_id)
+            found = self._db(f"load checkpoint of run {run_id}", partial(load_checkpoint, self.engine, run_id))
             states.append(load_state(found[1]) if found else None)
         start = first.last_epoch + 1
         if start > 0 and any(s is None for s in states):
@@ -158,12 +189,12 @@ class PackRunner:
             metrics = trainer.evaluate()
             for run_id in sorted(self.active):
                 i = self.index[run_id]
-                extra = {"outputs_before": _outputs(trainer, i, data)}
+                extra = {"outputs_before": outputs(trainer, i, data)}
                 self._record(trainer, run_id, 0, metrics[i], 0.0, extra)
         for epoch in range(start, spec.epochs + 1):
             if not self.active:
                 return
-            if self.shutdown.is_set():
+            if self.shutdown.is_set() or self.beat.should_stop():
                 break
             t0 = time.perf_counter()
             results = trainer.train_epoch(epoch, self.beat.should_stop)
@@ -182,12 +213,13 @@ class PackRunner:
         return prepared_data(spec, self.settings)
 
     def _record(self, trainer: Trainer, run_id: int, epoch: int, metrics: dict[str, float], seconds: float,
-                artifacts: dict[str, tuple[str, bytes]] | None = None) -> None:
+                artifacts: dict[str, Artifact] | None = None) -> None:
         claim = self.claims[run_id]
         values = {**metrics, "epoch_seconds": seconds}
         state = dump_state(trainer.state(self.index[run_id]))
-        outcome = record_epoch(self.engine, claim, epoch, values, state, self.settings.lease_seconds,
-                               seconds, artifacts)
+        outcome = self._db(f"record epoch {epoch} of run {run_id}", lambda: self.lease.renewing(
+            lambda: record_epoch(self.engine, claim, epoch, values, state, self.settings.lease_seconds, seconds,
+                                 artifacts)))
         if outcome is not WriteOutcome.LOST:
             self.done_epoch[run_id] = epoch
         log.info("run %d epoch %d/%d %s %.2fs", run_id, epoch, claim.epochs,
@@ -196,13 +228,12 @@ class PackRunner:
             log.warning("run %d: lease lost at epoch %d; dropping it", run_id, epoch)
             self._drop(trainer, run_id)
         elif outcome is WriteOutcome.CANCEL_REQUESTED:
-            finish_run(self.engine, claim, RunStatus.CANCELLED, None)
+            self._finish(claim, RunStatus.CANCELLED)
             log.info("run %d cancelled after epoch %d", run_id, epoch)
             self._drop(trainer, run_id)
         elif not math.isfinite(metrics.get("loss", 0.0)):
-            finish_run(self.engine, claim, RunStatus.FAILED,
-                       f"training diverged: the loss is {metrics['loss']} at epoch {epoch} "
-                       f"(a lower learning rate usually helps)")
+            self._finish(claim, RunStatus.FAILED, f"training diverged: the loss is {metrics['loss']} at epoch "
+                                                  f"{epoch} (a lower learning rate usually helps)")
             self._drop(trainer, run_id)
 
     def _settle(self, trainer: Trainer, data: PreparedData, spec: TrainSpec) -> None:
@@ -213,26 +244,27 @@ class PackRunner:
                 log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)
                 continue
             if run_id in self.beat.cancelled:
-                finish_run(self.engine, claim, RunStatus.CANCELLED, None)
-            elif self.shutdown.is_set() and not self._completed(run_id, spec):
-                release_run(self.engine, claim)
+                self._finish(claim, RunStatus.CANCELLED)
+            elif not self._completed(run_id, spec):
+                self._db(f"release run {run_id}", partial(release_run, self.engine, claim))
             else:
-                finish_run(self.engine, claim, RunStatus.SUCCEEDED, None, self._final_artifacts(trainer, run_id, data))
+                self._succeed(trainer, run_id, data)
 
     def _completed(self, run_id: int, spec: TrainSpec) -> bool:
         return self.done_epoch[run_id] >= spec.epochs
 
-    def _final_artifacts(self, trainer: Trainer, run_id: int, data: PreparedData) -> dict[str, tuple[str, bytes]]:
-        i = self.index[run_id]
+    def _succeed(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
+        """Store the final artifacts and end the run succeeded. The model file is written only while
+        the lease is held, and removed again if the finish is refused: a worker that lost the run
+        leaves no file of it behind."""
+        claim, i = self.claims[run_id], self.index[run_id]
+        artifacts = {"confusion_matrix": confusion(trainer, i, data), "outputs_after": outputs(trainer, i, data)}
+        if not self._holds(claim):
+            log.warning("run %d: lease lost before its model was saved; dropping it", run_id)
+            return
         folder = Path(self.settings.artifacts_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"run-{run_id}.keras"
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".keras", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        trainer.save_keras(i, str(tmp_path))
-        tmp_path.replace(path)
-        return {
-            "confusion_matrix": _confusion(trainer, i, data),
-            "outputs_after": _outputs(trainer, i, data),
-            "model.keras": ("application/octet-stream", path.read_bytes()),
-        }
+        written = write_model_file(trainer, i, folder, run_id)
+        artifacts["model.keras"] = ("application/octet-stream", model_path(folder, run_id).read_bytes())
+        if not self._finish(claim, RunStatus.SUCCEEDED, None, artifacts):
+            log.warning("run %d: lease lost while its model was saved; removing the file", run_id)
+            remove_model_file(folder, run_id, written)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, select, update
+from sqlalchemy import Engine, and_, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -57,10 +57,18 @@ def _event(session: Session, run_id: int, kind: str, worker_id: str | None = Non
     session.add(RunEvent(run_id=run_id, kind=kind, worker_id=worker_id, epoch=epoch, message=message))
 
 
-def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float) -> list[Claim]:
+def new_token() -> str:
+    """A fresh lease token: it fences every write of one claim."""
+    return uuid.uuid4().hex
+
+
+def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
+               token: str | None = None) -> list[Claim]:
     """Atomically claim the oldest queued run and up to limit-1 more of its config at the same
-    epoch (a pack). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN IMMEDIATE."""
-    token = uuid.uuid4().hex
+    epoch (a pack). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN IMMEDIATE.
+    A caller that retries after an error passes the same TOKEN and asks `claims_with_token` first:
+    the failed try may have committed."""
+    token = token or new_token()
     queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == "queue")
     with write_session(engine) as s:
         head = s.execute(
@@ -93,11 +101,28 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float)
             kind = "resumed" if r.last_epoch >= 0 else "claimed"
             _event(s, r.id, kind, worker_id, r.last_epoch if r.last_epoch >= 0 else None,
                    f"attempt {r.attempt}")
+    return _claims(rows, token, train)
+
+
+def _claims(rows: Any, token: str, train: dict[str, Any]) -> list[Claim]:
     return sorted(
         (Claim(r.id, r.sweep_id, r.config_id, r.seed, r.attempt, r.last_epoch, r.epochs, token, train)
          for r in rows),
         key=lambda c: c.run_id,
     )
+
+
+def claims_with_token(engine: Engine, token: str) -> list[Claim]:
+    """The runs a claim with TOKEN holds (none if it never committed)."""
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(Run.id, Run.sweep_id, Run.config_id, Run.seed, Run.attempt, Run.last_epoch, Run.epochs)
+            .where(Run.lease_token == token, Run.status == RunStatus.RUNNING.value)
+        ).all()
+        if not rows:
+            return []
+        train = s.scalar(select(Config.train).where(Config.id == rows[0].config_id)) or {}
+    return _claims(rows, token, train)
 
 
 @dataclass(frozen=True)
@@ -153,7 +178,10 @@ def record_epoch(
     with write_session(engine) as s:
         row = s.execute(
             update(Run).where(_fence(claim.run_id, claim.token))
-            .values(last_epoch=epoch, train_seconds=Run.train_seconds + seconds,
+            # A retry of an epoch already stored (its commit's answer was lost) adds no time twice.
+            .values(last_epoch=epoch,
+                    train_seconds=case((Run.last_epoch < epoch, Run.train_seconds + seconds),
+                                       else_=Run.train_seconds),
                     lease_expires_at=db_now() + lease_seconds, heartbeat_at=db_now())
             .returning(Run.cancel_requested)
         ).first()
@@ -180,16 +208,19 @@ def finish_run(
     error: str | None = None,
     artifacts: Mapping[str, tuple[str, bytes]] | None = None,
 ) -> bool:
-    """End a held run in a final state (fenced); False if the lease was already lost."""
+    """End a held run in a final state (fenced); False if the lease was already lost.
+
+    The run keeps its lease token, so that a retry after a commit whose answer was lost (a
+    connection cut at COMMIT) sees its own finish and answers True again."""
     with write_session(engine) as s:
         done = s.execute(
             update(Run).where(_fence(claim.run_id, claim.token))
-            .values(status=status.value, error=error, finished_at=db_now(),
-                    lease_token=None, lease_expires_at=None)
+            .values(status=status.value, error=error, finished_at=db_now(), lease_expires_at=None)
             .returning(Run.id)
         ).first()
         if done is None:
-            return False
+            return s.scalar(select(Run.id).where(Run.id == claim.run_id, Run.lease_token == claim.token,
+                                                 Run.status == status.value)) is not None
         if artifacts:
             _put_artifacts(s, claim.run_id, artifacts)
         if status == RunStatus.SUCCEEDED:  # its model artifact supersedes the checkpoint
@@ -199,8 +230,17 @@ def finish_run(
 
 
 def release_run(engine: Engine, claim: Claim, reason: str = "worker stopping") -> bool:
-    """Give a held run back to the queue (graceful shutdown); the claim does not count as an attempt."""
+    """Give a held run back to the queue (graceful shutdown); the claim does not count as an attempt.
+    A run whose cancel is pending ends cancelled instead: queued again, it would train another epoch."""
     with write_session(engine) as s:
+        cancelled = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token), Run.cancel_requested.is_(True))
+            .values(status=RunStatus.CANCELLED.value, finished_at=db_now(), lease_expires_at=None)
+            .returning(Run.id)
+        ).first()
+        if cancelled is not None:
+            _event(s, claim.run_id, RunStatus.CANCELLED.value, None, None, f"cancel asked; {reason}")
+            return True
         done = s.execute(
             update(Run).where(_fence(claim.run_id, claim.token))
             .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None,
@@ -210,6 +250,30 @@ def release_run(engine: Engine, claim: Claim, reason: str = "worker stopping") -
         if done is not None:
             _event(s, claim.run_id, "released", None, None, reason)
     return done is not None
+
+
+def requeue_crashed(engine: Engine, claim: Claim, error: str) -> RunStatus | None:
+    """Give back a held run whose pack crashed as a whole (out of memory): its attempt counts, as
+    a crash's does, so it trains alone next time; after max_attempts it ends failed with ERROR.
+    None if the lease was already lost."""
+    with write_session(engine) as s:
+        failed = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token), Run.attempt >= Run.max_attempts)
+            .values(status=RunStatus.FAILED.value, error=error, finished_at=db_now(), lease_expires_at=None)
+            .returning(Run.id)
+        ).first()
+        if failed is not None:
+            _event(s, claim.run_id, RunStatus.FAILED.value, None, None, error)
+            return RunStatus.FAILED
+        requeued = s.execute(
+            update(Run).where(_fence(claim.run_id, claim.token))
+            .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None, lease_expires_at=None)
+            .returning(Run.id)
+        ).first()
+        if requeued is None:
+            return None
+        _event(s, claim.run_id, "requeued", None, None, error)
+    return RunStatus.QUEUED
 
 
 @dataclass(frozen=True)
