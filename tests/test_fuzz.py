@@ -176,3 +176,46 @@ def test_deeply_nested_bodies_are_422(server: LiveServer, content_type: str, dep
     answer = httpx.post(f"{server.url}/api/sweeps", content=deep, timeout=30, headers={"content-type": content_type})
     assert answer.status_code == 422, answer.text[:300]
     assert httpx.get(f"{server.url}/api/health", timeout=5).status_code == 200
+
+
+# Answers a fuzzer reaches only by luck (an id that is not stored, a refused content type, a
+# cross-site Origin, a body over the limit): each must be an answer the schema documents, as
+# schemathesis' status-code check judges it.
+UNLIKELY_ANSWERS = [
+    ("GET", "/api/compare", {"query": {"configs": "999999"}}, 404),
+    ("GET", "/api/configs/aggregates", {"query": {"ids": "999998,999999"}}, 404),
+    ("GET", "/api/configs/{config_id}/series", {"path_parameters": {"config_id": 999999}}, 404),
+    ("GET", "/api/sweeps/{sweep_id}/metrics.csv", {"path_parameters": {"sweep_id": 999999}}, 404),
+    ("POST", "/api/runs/{run_id}/cancel", {"path_parameters": {"run_id": 999999}}, 404),
+    ("POST", "/api/presets/{name}", {"path_parameters": {"name": "no-such-preset"}}, 404),
+    ("POST", "/api/sweeps", {"body": '{"name": "x"}', "media_type": "text/plain"}, 415),
+    ("POST", "/api/sweeps/validate", {"body": "a=b", "media_type": "application/x-www-form-urlencoded"}, 415),
+    ("POST", "/api/external/runs", {"body": "sweep: x\nseed: 1\n", "media_type": "application/yaml"}, 415),
+    ("POST", "/api/sweeps", {"body": {"name": "x", "description": "d" * 1_100_000},
+                             "media_type": "application/json"}, 413),
+    ("POST", "/api/sweeps", {"body": {"name": "x"}, "media_type": "application/json",
+                             "headers": {"origin": "http://evil.example"}}, 403),
+]
+
+
+@pytest.mark.parametrize("method,path,parts,status", UNLIKELY_ANSWERS,
+                         ids=[f"{m} {p} {s}" for m, p, _, s in UNLIKELY_ANSWERS])
+def test_unlikely_answers_are_documented(api_schema: BaseSchema, fuzz_server: LiveServer, method: str, path: str,
+                                         parts: dict[str, object], status: int) -> None:
+    operation = api_schema[path][method]
+    case = operation.Case(**parts)  # type: ignore[arg-type]
+    response = case.call(base_url=fuzz_server.url, timeout=30)
+    assert response.status_code == status, response.text[:300]
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_every_operation_documents_the_answers_of_the_guards(fuzz_server: LiveServer) -> None:
+    """503 (no pooled connection in time, or the database away) on every operation; 403 and 415
+    on every change; 413 wherever a body may come."""
+    spec = httpx.get(f"{fuzz_server.url}/openapi.json", timeout=10).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            assert "503" in codes, f"{method} {path}"
+            if method != "get":
+                assert {"403", "413", "415"} <= codes, f"{method} {path}: {sorted(codes)}"

@@ -208,7 +208,9 @@ def test_a_database_that_is_away_answers_503(data_dir: Path, tmp_path: Path) -> 
         assert answer.json()["error"]["code"] == "database_unavailable" and "retry-after" in answer.headers
         created = client.post("/api/sweeps", json={"name": "x", "epochs": 1, "replicates": 1})
         assert created.status_code == 503
-        assert client.get("/api/health").json()["status"] == "unavailable"
+        health = client.get("/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert "retry-after" in health.headers
         assert client.get("/static/sweeplab.css").status_code == 200
 
 

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import EngineDep
+from app.errors import RETRY_AFTER_SECONDS
 from app.schemas import Health
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -24,5 +25,5 @@ def health(engine: EngineDep) -> Health | JSONResponse:
             revision = MigrationContext.configure(conn).get_current_revision()
     except Exception as exc:  # any database failure means unhealthy
         body = Health(status="unavailable", database=type(exc).__name__, schema_revision=None, version=VERSION)
-        return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"retry-after": str(RETRY_AFTER_SECONDS)})
     return Health(status="ok", database=engine.dialect.name, schema_revision=revision, version=VERSION)
