@@ -14,12 +14,14 @@ from app.models import Run, RunStatus
 from app.services.queue import (
     WriteOutcome,
     claim_runs,
+    claims_with_token,
     finish_run,
     heartbeat,
     load_checkpoint,
     reap_expired,
     record_epoch,
     release_run,
+    requeue_crashed,
 )
 from app.services.runs import cancel_run
 from tests.factories import events_of, get_run, make_sweep, metric_rows, runs_of
@@ -179,3 +181,44 @@ def test_resumed_runs_pack_only_with_runs_at_the_same_epoch(engine: Engine) -> N
     assert [x.run_id for x in first] == [a.run_id] and first[0].last_epoch == 0
     second = claim_runs(engine, "w", 3, LEASE)
     assert [x.run_id for x in second] == [b.run_id, c.run_id] and second[0].last_epoch == -1
+
+
+def test_release_of_a_run_with_a_pending_cancel_ends_it_cancelled(engine: Engine) -> None:
+    """Queued again, the run would be claimed and train one more epoch before it ends cancelled."""
+    make_sweep(engine)
+    (claim,) = claim_runs(engine, "w", 1, LEASE)
+    cancel_run(engine, claim.run_id)
+    assert release_run(engine, claim)
+    run = get_run(engine, claim.run_id)
+    assert run.status == "cancelled" and run.finished_at is not None
+    assert events_of(engine, run.id) == ["claimed", "cancelled"]
+    assert claim_runs(engine, "w2", 1, LEASE) == []
+
+
+def test_a_crashed_pack_is_requeued_with_its_attempt_counted(engine: Engine) -> None:
+    make_sweep(engine, replicates=2, max_attempts=2)
+    first = claim_runs(engine, "w", 2, LEASE)
+    assert [requeue_crashed(engine, c, "out of memory") for c in first] == [RunStatus.QUEUED] * 2
+    assert [r.attempt for r in runs_of(engine, first[0].sweep_id)] == [1, 1]
+    alone = claim_runs(engine, "w", 2, LEASE)
+    assert len(alone) == 1 and alone[0].attempt == 2  # a run with attempts behind it trains alone
+    assert requeue_crashed(engine, alone[0], "out of memory") is RunStatus.FAILED
+    run = get_run(engine, alone[0].run_id)
+    assert run.status == "failed" and run.error == "out of memory"
+    assert requeue_crashed(engine, alone[0], "again") is None  # no longer held
+
+
+def test_retried_writes_after_a_lost_commit_are_idempotent(engine: Engine) -> None:
+    """A retry of a write whose commit went through (its answer lost) must answer as the first did."""
+    make_sweep(engine)
+    token = "a" * 32
+    (claim,) = claim_runs(engine, "w", 1, LEASE, token)
+    assert claims_with_token(engine, token) == [claim]
+    assert claims_with_token(engine, "b" * 32) == []
+    for _ in range(2):
+        assert record_epoch(engine, claim, 0, {"loss": 1.0}, b"c0", LEASE, seconds=2.5) is WriteOutcome.OK
+    assert get_run(engine, claim.run_id).train_seconds == 2.5
+    assert finish_run(engine, claim, RunStatus.SUCCEEDED)
+    assert finish_run(engine, claim, RunStatus.SUCCEEDED)  # its own finish: True again
+    assert not finish_run(engine, claim, RunStatus.FAILED)
+    assert events_of(engine, claim.run_id) == ["claimed", "succeeded"]

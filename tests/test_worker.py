@@ -6,14 +6,21 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import Engine, update
 
 from app.config import Settings
-from app.services.queue import claim_runs, record_epoch
+from app.db import write_session
+from app.errors import NotFound
+from app.models import Run
+from app.services.queue import claim_runs, reap_expired, record_epoch
 from app.services.runs import cancel_run, read_artifact
 from tests.conftest import wait_for
 from tests.factories import events_of, get_run, make_sweep, metric_rows, runs_of
+from worker.fake_trainer import FakeTrainer
 from worker.main import Worker
 
 
@@ -129,3 +136,97 @@ def test_shutdown_releases_the_runs(settings: Settings, engine: Engine, monkeypa
     for run in runs_of(engine, sweep.id):
         assert run.status == "queued" and run.lease_token is None and run.attempt == 0
         assert events_of(engine, run.id)[-1] == "released"
+
+
+def _steal(engine: Engine, run_id: int) -> None:
+    """Another worker takes the run over: its lease expires, the reaper requeues it, a thief claims it."""
+    with write_session(engine) as s:
+        s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=Run.lease_expires_at - 3600))
+    assert reap_expired(engine).requeued == [run_id]
+    assert [c.run_id for c in claim_runs(engine, "thief", 1, 30.0)] == [run_id]
+
+
+class _LosesItsRun(FakeTrainer):
+    """A fake trainer whose run another worker takes over at one moment of its end: while the final
+    artifacts are computed ("predict"), or while the model is saved ("save"); or whose save fails."""
+
+    engine: Engine
+    run_id: int
+    moment: str
+    stolen = False
+
+    def predict(self, replicate: int, x: Any) -> Any:
+        if self.moment == "predict" and self.done.get(replicate) == 2 and not self.stolen:
+            _steal(self.engine, self.run_id)
+            self.stolen = True
+        return super().predict(replicate, x)
+
+    def save_keras(self, replicate: int, path: str) -> None:
+        super().save_keras(replicate, path)
+        if self.moment == "save":
+            _steal(self.engine, self.run_id)
+        elif self.moment == "fail":
+            raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("moment", ["predict", "save", "fail"])
+def test_a_worker_that_lost_its_run_leaves_no_model_file(moment: str, settings: Settings, engine: Engine) -> None:
+    """Lost before the save: no file is written. Lost during the save: the finish is refused and the
+    file removed. A failed save: no temp file is left behind."""
+    sweep = make_sweep(engine, replicates=1, epochs=2)
+    (run,) = runs_of(engine, sweep.id)
+    trainer = type("Trainer", (_LosesItsRun,), {"engine": engine, "moment": moment, "run_id": run.id})
+    Worker(settings, engine, factory=trainer).run(once=True)
+    folder = Path(settings.artifacts_dir)
+    assert not folder.exists() or sorted(p.name for p in folder.iterdir()) == []
+    done = get_run(engine, run.id)
+    if moment == "fail":
+        assert done.status == "failed" and "No space left" in (done.error or "")
+    else:
+        assert done.status == "running" and done.worker_id == "thief"
+    with pytest.raises(NotFound):
+        read_artifact(engine, run.id, "model.keras")
+
+
+def test_the_workers_reaper_runs_while_a_pack_trains(settings: Settings, engine: Engine,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead worker's run goes back to the queue within a lease and a reap, not when a pack ends."""
+    monkeypatch.setenv("SWEEPLAB_FAKE_EPOCH_SECONDS", "0.2")
+    make_sweep(engine, replicates=1, epochs=1)
+    (dead,) = claim_runs(engine, "dead", 1, 0.5)  # its worker dies at once
+    long = make_sweep(engine, replicates=1, epochs=50)
+    worker = Worker(settings, engine)  # reap_seconds 1
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: get_run(engine, dead.run_id).status == "queued", 5, 0.05, "the dead worker's run requeued")
+        (busy,) = runs_of(engine, long.id)
+        assert busy.status == "running" and busy.worker_id == worker.worker_id and busy.last_epoch < 50
+    finally:
+        worker.shutdown.set()
+        thread.join(10)
+
+
+def test_the_heartbeat_must_be_well_below_the_lease(settings: Settings) -> None:
+    with pytest.raises(ValidationError, match="at most a third of lease_seconds"):
+        Settings(lease_seconds=10, heartbeat_seconds=5)
+    assert Settings(lease_seconds=9, heartbeat_seconds=3).heartbeat_seconds == 3
+
+
+def test_shutdown_with_a_pending_cancel_ends_the_run_cancelled(settings: Settings, engine: Engine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel the heartbeat has not seen yet when SIGTERM comes: the run ends cancelled at once
+    instead of going back to the queue to train one more epoch."""
+    monkeypatch.setenv("SWEEPLAB_FAKE_EPOCH_SECONDS", "0.5")
+    sweep = make_sweep(engine, replicates=2, epochs=50)
+    worker = Worker(settings.model_copy(update={"heartbeat_seconds": 1.6}), engine)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    wait_for(lambda: all(r.last_epoch >= 1 for r in runs_of(engine, sweep.id)), 20, 0.02, "epoch 1")
+    first, second = runs_of(engine, sweep.id)
+    cancel_run(engine, first.id)
+    worker.shutdown.set()
+    thread.join(10)
+    assert get_run(engine, first.id).status == "cancelled"
+    assert events_of(engine, first.id)[-1] == "cancelled"
+    assert get_run(engine, second.id).status == "queued"
