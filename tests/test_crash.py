@@ -17,9 +17,9 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -30,13 +30,16 @@ from app.config import Settings
 from app.db import get_engine
 from app.migrate import migrate
 from app.models import Metric, Run, RunEvent, RunStatus
+from app.retry import retry_transient
 from app.services.sweeps import create_sweep
 from app.spec import SweepSpec
 from tests.conftest import PG_URL, LiveServer, make_settings, start_worker, wait_for
+from tests.faults import Interference
 
 FAKE_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 FINAL = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 ON_POSTGRES = bool(PG_URL)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -233,6 +236,46 @@ def test_killer_sigkills_random_workers(crash_settings: Settings, crash_engine: 
     print(f"\nkill -9 on {crash_engine.dialect.name}: {figures['runs']} runs, {n_workers} workers, {kills} kills, "
           f"{figures['resumed_runs']} runs resumed, extra attempts {figures['attempts'] - figures['runs']}, "
           f"lost runs 0, duplicate epochs 0")
+
+
+# --------------------------------------------------------------------------------------------
+# Database faults while 3 workers train: PostgreSQL backends terminated every 0.5 s, or SQLite's
+# write lock held by another connection for longer than the workers' busy timeout, over and over
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_database_faults_while_workers_train(crash_settings: Settings, fleet_factory: Any) -> None:
+    settings = crash_settings.model_copy(update={"sqlite_busy_timeout_seconds": 0.2, "db_retry_seconds": 10.0})
+    engine = get_engine(settings.database_url)
+    migrate(settings.database_url)
+    # Short epochs: the workers are in a transaction much of the time, so cuts land inside them
+    # (a cut of an idle pooled connection is caught by pool_pre_ping and proves nothing).
+    sweep_id = submit(engine, settings, name="db faults", epochs=30, replicates=6,
+                      grid={"model.hidden": [[8], [16], [24], [32], [40]]})
+    fleet = fleet_factory(3, "--pack-size", "3", settings=settings, SWEEPLAB_FAKE_EPOCH_SECONDS="0.03")
+
+    def poll(check: Callable[[], T]) -> T:  # the test's own connections are cut too
+        return retry_transient(check, 10, "test poll")
+
+    wait_for(lambda: poll(lambda: status_counts(engine, [sweep_id]).get("running", 0) > 0), 30, 0.1, "training")
+    interference = Interference(settings.database_url, period=0.5, hold=0.5)
+    interference.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not poll(lambda: all_final(engine, [sweep_id])):
+            assert time.monotonic() < deadline, poll(lambda: status_counts(engine, [sweep_id]))
+            assert not fleet.restart_dead(), "a worker died under database faults"
+            time.sleep(0.2)
+    finally:
+        interference.stop()
+    figures = check_exactly_once(engine, [sweep_id])
+    assert interference.faults >= 5, f"only {interference.faults} faults: the test did not exercise them"
+    logs = fleet.log_text()
+    assert "Traceback" not in logs, logs[logs.index("Traceback") - 2000:][:4000]
+    print(f"\ndatabase faults on {engine.dialect.name}: {figures['runs']} runs, {interference.faults} faults "
+          f"({interference.terminated} backends terminated), {logs.count('transient database error')} retries, "
+          f"extra attempts {figures['attempts'] - figures['runs']}, failed 0, duplicate epochs 0")
 
 
 # --------------------------------------------------------------------------------------------
