@@ -246,7 +246,7 @@ def test_the_stream_endpoint_sends_and_resumes(live_server: LiveServer, engine: 
     claims = claim_runs(engine, "w", 2, 60)
     record_epoch(engine, claims[0], 0, {"loss": 1.0}, None, 60)
     url = f"{live_server.url}/api/sweeps/{sweep_id}/stream"
-    points, seen = wait_for_points(url, 1)
+    points, seen = wait_for_points(f"{url}?cursor=0", 1)
     assert seen[0][1] == "status" and seen[0][2] == {str(c.run_id): "running" for c in claims}
     (epoch_id, name, data) = seen[-1]
     assert name == "epochs" and data["cursor"] == int(epoch_id or 0) == stream_cursor(engine, sweep_id)
@@ -255,6 +255,13 @@ def test_the_stream_endpoint_sends_and_resumes(live_server: LiveServer, engine: 
     resumed, seen = wait_for_points(url, 1, headers={"last-event-id": str(data["cursor"])})
     assert [(p["run_id"], p["epoch"]) for p in resumed] == [(claims[0].run_id, 1)]  # nothing again
     assert seen[0] == (None, "status", {str(claims[0].run_id): "running"})
+    with httpx.stream("GET", url, timeout=10) as response:  # no cursor: what commits from now on
+        events = read_events(response)
+        assert next(events) == (str(data["cursor"] + 2), "status", {})  # epoch 1: its metric, its run
+        record_epoch(engine, claims[1], 0, {"loss": 0.7}, None, 60)
+        assert next(events)[1:] == ("status", {str(claims[1].run_id): "running"})
+        (_, name, later) = next(events)
+        assert name == "epochs" and [(p["run_id"], p["epoch"]) for p in later["points"]] == [(claims[1].run_id, 0)]
     assert httpx.get(f"{url}?run={claims[0].run_id + 100}", timeout=5).status_code == 404
     assert httpx.get(f"{live_server.url}/api/sweeps/{sweep_id + 1}/stream", timeout=5).status_code == 404
 

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EngineDep
 from app.services.charts import sweep_run_series
-from app.services.stream import Changes, changes_since, check_stream
+from app.services.stream import POINTS_PER_POLL, Changes, changes_since, open_stream
 
 router = APIRouter(prefix="/api/sweeps", tags=["charts"])
 POLL_SECONDS = 0.4
+POLL_THREADS = 4
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def poll_limiter() -> anyio.CapacityLimiter:
+    """At most POLL_THREADS polls at once (per event loop): many streams catching up on a big sweep
+    would otherwise take the threads, and the GIL, from every other request."""
+    loop = asyncio.get_running_loop()
+    if loop not in _limiters:
+        _limiters[loop] = anyio.CapacityLimiter(POLL_THREADS)
+    return _limiters[loop]
 
 
 @router.get("/{sweep_id}/series")
@@ -41,27 +56,38 @@ def sse_events(changes: Changes, first: bool) -> list[str]:
     return out
 
 
+def poll(engine: Engine, sweep_id: int, cursor: int, keys: list[str] | None, run: int | None,
+         first: bool) -> tuple[Changes, str]:
+    """One poll and its events as text, made in a thread: the event loop only writes them out."""
+    changes = changes_since(engine, sweep_id, cursor, keys, run)
+    return changes, "".join(sse_events(changes, first))
+
+
 @router.get("/{sweep_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def stream_sweep(sweep_id: int, request: Request, engine: EngineDep, cursor: int = Query(0, ge=0),
+async def stream_sweep(sweep_id: int, request: Request, engine: EngineDep,
+                       cursor: int | None = Query(None, ge=0, description="default: what commits from now on"),
                        keys: list[str] | None = Query(None),
                        run: int | None = Query(None, description="only this run of the sweep")) -> StreamingResponse:
     """`event: epochs` with new metric points since CURSOR (a value of the sweep's commit sequence,
     as /series and /aggregates answer it), `event: status` with the runs whose status changed.
-    Every database call runs in the threadpool and holds a connection only for its poll."""
-    await run_in_threadpool(check_stream, engine, sweep_id, run)
+    Every database call runs in a thread and holds a connection only for its poll."""
+    now = await run_in_threadpool(open_stream, engine, sweep_id, run)
     last_id = request.headers.get("last-event-id", "")
-    start = max(cursor, int(last_id)) if last_id.isdigit() else cursor  # a reconnecting EventSource
+    given = [c for c in (cursor, int(last_id) if last_id.isdigit() else None) if c is not None]
+    start = max(given) if given else now  # Last-Event-ID: a reconnecting EventSource
 
     async def events() -> AsyncIterator[str]:
         pos, first = start, True
         yield "retry: 2000\n\n"
         while not await request.is_disconnected():
-            changes = await run_in_threadpool(changes_since, engine, sweep_id, pos, keys, run)
-            for event in sse_events(changes, first):
-                yield event
+            changes, text = await anyio.to_thread.run_sync(poll, engine, sweep_id, pos, keys, run, first,
+                                                           limiter=poll_limiter())
+            if text:
+                yield text
             pos, first = changes.cursor, False
-            await asyncio.sleep(POLL_SECONDS)
+            if len(changes.points) < POINTS_PER_POLL:  # else more is waiting: a client catching up reads on,
+                await asyncio.sleep(POLL_SECONDS)  # and one that does not read blocks after one batch
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

@@ -23,7 +23,7 @@ from app.errors import NotFound
 from app.models import Metric, Run, SweepSeq
 from app.services.sweeps import get_sweep_row
 
-POINTS_PER_POLL = 5000
+POINTS_PER_POLL = 1000  # a stream catching up polls again at once (app.api.stream)
 
 
 @contextmanager
@@ -49,13 +49,14 @@ def stream_cursor(engine: Engine, sweep_id: int) -> int:
         return sweep_seqs(s, [sweep_id])[sweep_id]
 
 
-def check_stream(engine: Engine, sweep_id: int, run_id: int | None) -> None:
-    """NotFound unless the sweep exists (and RUN_ID, when given, is one of its runs)."""
+def open_stream(engine: Engine, sweep_id: int, run_id: int | None) -> int:
+    """The cursor of everything committed so far; NotFound unless the sweep exists (and RUN_ID, when
+    given, is one of its runs)."""
     get_sweep_row(engine, sweep_id)
-    if run_id is not None:
-        with snapshot_session(engine) as s:
-            if s.scalar(select(Run.id).where(Run.id == run_id, Run.sweep_id == sweep_id)) is None:
-                raise NotFound(f"run {run_id} is not a run of sweep {sweep_id}")
+    with snapshot_session(engine) as s:
+        if run_id is not None and s.scalar(select(Run.id).where(Run.id == run_id, Run.sweep_id == sweep_id)) is None:
+            raise NotFound(f"run {run_id} is not a run of sweep {sweep_id}")
+        return sweep_seqs(s, [sweep_id])[sweep_id]
 
 
 def _num(v: float | None) -> float | None:
@@ -90,9 +91,6 @@ def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str
         upto = rows[-1].seq if len(rows) == limit else top
         runs_q = select(Run.id, Run.status).where(Run.sweep_id == sweep_id, Run.seq > cursor, Run.seq <= upto)
         runs = s.execute(runs_q.where(Run.id == run_id) if run_id is not None else runs_q).all()
-    return Changes(
-        upto,
-        [{"seq": r.seq, "run_id": r.run_id, "config_id": r.config_id, "key": r.key, "epoch": r.epoch,
-          "value": _num(r.value)} for r in rows],
-        {str(r.id): r.status for r in runs},
-    )
+    points = [{"seq": seq, "run_id": run, "config_id": config, "key": key, "epoch": epoch, "value": _num(value)}
+              for seq, run, config, key, epoch, value in rows]  # unpacked: a catching-up stream reads many
+    return Changes(upto, points, {str(i): status for i, status in runs})

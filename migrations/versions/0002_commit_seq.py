@@ -15,8 +15,9 @@ retry, reaper) gets it without knowing. Within a sweep the order of seq is the o
 Only transactions touching two sweeps (the reaper's) can wait on each other's counters; PostgreSQL
 then aborts one as a deadlock and the reaper's next round redoes it.
 
-Caution: an Alembic batch operation that recreates `runs` or `metrics` on SQLite drops their
-triggers; tests/test_migrations.py checks that they exist at head.
+Caution for later revisions: an Alembic batch operation that recreates `runs` on SQLite drops its
+triggers and, with foreign keys on, deletes every row that references it (DROP TABLE cascades);
+tests/test_migrations.py checks that the triggers exist at head and that 0002 keeps the data.
 """
 
 from collections.abc import Sequence
@@ -107,17 +108,15 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("sweep_id", name=op.f("pk_sweep_seqs")),
     )
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
-    with op.batch_alter_table("metrics", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("sweep_id", sa.Integer(), server_default=sa.text("0"), nullable=False))
-        batch_op.add_column(sa.Column("seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
+    # Plain ALTER TABLE ADD COLUMN, never a batch: SQLite's batch recreates the table, and dropping
+    # the old `runs` cascades (foreign keys are on) to every metric, checkpoint and event.
+    op.add_column("runs", sa.Column("seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
+    op.add_column("metrics", sa.Column("sweep_id", sa.Integer(), server_default=sa.text("0"), nullable=False))
+    op.add_column("metrics", sa.Column("seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
     for statement in BACKFILL:
         op.execute(statement)
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.create_index("ix_runs_sweep_id_seq", ["sweep_id", "seq"], unique=False)
-    with op.batch_alter_table("metrics", schema=None) as batch_op:
-        batch_op.create_index("ix_metrics_sweep_id_seq", ["sweep_id", "seq"], unique=False)
+    op.create_index("ix_runs_sweep_id_seq", "runs", ["sweep_id", "seq"], unique=False)
+    op.create_index("ix_metrics_sweep_id_seq", "metrics", ["sweep_id", "seq"], unique=False)
     for statement in POSTGRESQL_UP if op.get_bind().dialect.name == "postgresql" else SQLITE_UP:
         op.execute(statement)
 
@@ -125,11 +124,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in POSTGRESQL_DOWN if op.get_bind().dialect.name == "postgresql" else SQLITE_DOWN:
         op.execute(statement)
-    with op.batch_alter_table("metrics", schema=None) as batch_op:
-        batch_op.drop_index("ix_metrics_sweep_id_seq")
-        batch_op.drop_column("seq")
-        batch_op.drop_column("sweep_id")
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_index("ix_runs_sweep_id_seq")
-        batch_op.drop_column("seq")
+    op.drop_index("ix_metrics_sweep_id_seq", "metrics")
+    op.drop_index("ix_runs_sweep_id_seq", "runs")
+    for table, column in (("metrics", "seq"), ("metrics", "sweep_id"), ("runs", "seq")):
+        op.drop_column(table, column)  # SQLite >= 3.35: ALTER TABLE DROP COLUMN, in place
     op.drop_table("sweep_seqs")
