@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,6 +69,7 @@ class UnsupportedMediaType(SweeplabError):
     code = "unsupported_media_type"
 
 
+SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
 RETRY_AFTER_SECONDS = 2  # what a 503 asks clients to wait: about one pool timeout
 HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}
@@ -111,9 +113,15 @@ def _database_unavailable(request: Request) -> Response:
 def _database_away(exc: Exception) -> bool:
     """Whether EXC means the database cannot be reached now (not that the request is wrong): no
     pooled connection within the pool timeout, a connection refused or dropped, SQLite locked."""
-    if isinstance(exc, PoolTimeout | OperationalError):
+    if isinstance(exc, PoolTimeout):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc.orig, sqlite3.OperationalError):  # also "no such column": a bug, not an outage
+        return any(word in str(exc.orig).lower() for word in SQLITE_TRANSIENT)
+    return isinstance(exc, OperationalError)  # PostgreSQL: connection failures, serialization, shutdown
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,8 +158,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: Exception) -> Response:
         # No connection in time, or the database is away: the request may well succeed later.
         if _database_away(exc):
-            log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
-                        type(getattr(exc, "orig", None) or exc).__name__)
+            reason = getattr(exc, "orig", None) or exc
+            log.warning("database unavailable on %s %s: %s: %s", request.method, request.url.path,
+                        type(reason).__name__, str(reason).splitlines()[0][:200] if str(reason) else "")
             return _database_unavailable(request)
         return await _unexpected(request, exc)
 
