@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.datasets import DatasetUnavailable, load
+from app.metrics import EPOCH_SECONDS
 from app.models import RunStatus
 from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import (
@@ -215,7 +216,7 @@ class PackRunner:
     def _record(self, trainer: Trainer, run_id: int, epoch: int, metrics: dict[str, float], seconds: float,
                 artifacts: dict[str, Artifact] | None = None) -> None:
         claim = self.claims[run_id]
-        values = {**metrics, "epoch_seconds": seconds}
+        values = {**metrics, EPOCH_SECONDS: seconds}
         state = dump_state(trainer.state(self.index[run_id]))
         outcome = self._db(f"record epoch {epoch} of run {run_id}", lambda: self.lease.renewing(
             lambda: record_epoch(self.engine, claim, epoch, values, state, self.settings.lease_seconds, seconds,
