@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from app.main import create_app
 from app.middleware import BodyLimit
 from app.models import Metric
 from app.services.sweeps import list_sweeps
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import PG_URL, LiveServer, make_settings
 from tests.factories import make_sweep, runs_of
 
 LIMIT = 1_000_000  # the default max_body_bytes
@@ -212,6 +213,24 @@ def test_a_database_that_is_away_answers_503(data_dir: Path, tmp_path: Path) -> 
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
         assert "retry-after" in health.headers
         assert client.get("/static/sweeplab.css").status_code == 200
+
+
+@pytest.mark.skipif(PG_URL is not None, reason="SQLite's write lock")
+def test_sqlite_locked_past_the_busy_timeout_is_503_not_an_error(database_url: str, data_dir: Path,
+                                                                 tmp_path: Path, engine: Engine) -> None:
+    settings = make_settings(database_url, data_dir, tmp_path / "a", sqlite_busy_timeout_seconds=0.3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        locker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            answer = client.post("/api/sweeps", json={"name": "x", "epochs": 1, "replicates": 1})
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "database_unavailable"
+            assert "locked" not in answer.text
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert client.post("/api/sweeps", json={"name": "x", "epochs": 1, "replicates": 1}).status_code == 201
 
 
 # --------------------------------------------------------------------------------------------
