@@ -7,6 +7,7 @@ never depend on a worker's clock and behave the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any
 
 from sqlalchemy import (
@@ -49,7 +50,24 @@ class RunStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-STATUS_VALUES = ", ".join(f"'{s.value}'" for s in RunStatus)
+class RunSource(enum.StrEnum):
+    """Who trains a run: sweeplab's workers (claimed from the queue) or a client of the external-run API."""
+
+    QUEUE = "queue"
+    EXTERNAL = "external"
+
+
+class SweepKind(enum.StrEnum):
+    """A sweep expanded from a spec into queued runs, or one that external runs join by name."""
+
+    QUEUED = "queued"
+    EXTERNAL = "external"
+
+
+def one_of(column: str, values: type[enum.StrEnum]) -> CheckConstraint:
+    """A check constraint named after COLUMN that holds it to the members of VALUES."""
+    listed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 class Base(DeclarativeBase):
@@ -58,8 +76,11 @@ class Base(DeclarativeBase):
 
 class Sweep(Base):
     __tablename__ = "sweeps"
+    __table_args__ = (one_of("kind", SweepKind),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default=SweepKind.QUEUED.value,
+                                      server_default=text(f"'{SweepKind.QUEUED.value}'"))
     name: Mapped[str] = mapped_column(String(200))
     study: Mapped[str | None] = mapped_column(String(200), index=True)
     dataset: Mapped[str] = mapped_column(String(50))
@@ -86,7 +107,8 @@ class Config(Base):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
+        one_of("status", RunStatus),
+        one_of("source", RunSource),
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
         Index("ix_runs_sweep_id_seq", "sweep_id", "seq"),
@@ -97,14 +119,15 @@ class Run(Base):
     config_id: Mapped[int] = mapped_column(ForeignKey("configs.id", ondelete="CASCADE"), index=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED.value)
-    source: Mapped[str] = mapped_column(String(16), default="queue")  # queue | external
+    source: Mapped[str] = mapped_column(String(16), default=RunSource.QUEUE.value)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     epochs: Mapped[int] = mapped_column(Integer)
     last_epoch: Mapped[int] = mapped_column(Integer, default=-1)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(200))
-    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_token: Mapped[str | None] = mapped_column(String(64))  # the worker's lease (queue runs)
+    client_token: Mapped[str | None] = mapped_column(String(64), index=True)  # idempotency key (external runs)
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     heartbeat_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, default=db_now())
@@ -116,7 +139,11 @@ class Run(Base):
 
 
 class Metric(Base):
-    """One value of one key at one epoch of one run. NaN is stored as NULL (SQLite cannot hold it)."""
+    """One value of one key at one epoch of one run.
+
+    Non-finite values are stored, never refused, one way whoever reports them (`metric_value`):
+    inf and -inf as the float itself (both databases hold it), NaN as NULL (SQLite's REAL cannot
+    hold NaN, so PostgreSQL stores NULL too). The API answers null for all three (JSON has none)."""
 
     __tablename__ = "metrics"
     __table_args__ = (UniqueConstraint("run_id", "key", "epoch"), Index("ix_metrics_sweep_id_seq", "sweep_id", "seq"))
@@ -130,6 +157,14 @@ class Metric(Base):
     # Both set when the row commits (SweepSeq); the run's sweep, copied so the stream reads one index.
     sweep_id: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+def metric_value(value: float | None) -> float | None:
+    """How a reported value is stored (see Metric): the float, inf and -inf included; NULL for NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 class SweepSeq(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, select, text, update
@@ -96,5 +97,55 @@ def test_0002_numbers_what_was_written_before_it(settings: Settings) -> None:
             conn.execute(text("INSERT INTO metrics (run_id, key, epoch, value, created_at) "
                               "VALUES (1, 'loss', 2, 0.2, 0)"))
         assert [p["epoch"] for p in changes_since(engine, 1, old.cursor).points] == [2]
+    finally:
+        engine.dispose()
+
+
+def test_0003_moves_client_tokens_and_keeps_every_row(settings: Settings) -> None:
+    """A database of revision 0002 holding an external run (its client token in lease_token, as
+    0002 kept it) and a queued one: after 0003 the token is in client_token, the external sweep
+    has kind 'external', and no row is lost to the table rebuild (on SQLite, dropping the old
+    `runs` with foreign keys on would delete every metric and event). The new constraints hold."""
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from app.db import make_engine
+    from app.migrate import alembic_config
+
+    url = settings.database_url
+    command.upgrade(alembic_config(url), "0002")
+    engine = make_engine(url)
+    token = "0123456789abcdef0123456789abcdef"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sweeps (id, name, dataset, spec, run_count, created_at) VALUES "
+                              "(1, 'nb', 'external', '{\"external\": true, \"name\": \"nb\"}', 1, 0), "
+                              "(2, 'q', 'mnist', '{\"name\": \"q\"}', 1, 0)"))
+            conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
+                              "VALUES (1, 1, 0, 'k', 'base', '{}', '{}'), (2, 2, 0, 'k', 'base', '{}', '{}')"))
+            conn.execute(text(
+                "INSERT INTO runs (id, sweep_id, config_id, seed, status, source, attempt, max_attempts, epochs,"
+                " last_epoch, cancel_requested, lease_token, created_at, train_seconds) VALUES "
+                f"(1, 1, 1, 0, 'running', 'external', 1, 1, 3, 1, false, '{token}', 0, 0), "
+                "(2, 2, 2, 0, 'running', 'queue', 1, 3, 3, 1, false, 'lease', 0, 0)"))
+            conn.execute(text("INSERT INTO metrics (run_id, key, epoch, value, created_at) "
+                              "VALUES (1, 'loss', 0, 1.0, 0), (2, 'loss', 0, 2.0, 0)"))
+            conn.execute(text("INSERT INTO run_events (run_id, kind, created_at) VALUES (1, 'started', 0)"))
+        migrate(url)
+        with engine.connect() as conn:
+            runs = conn.execute(text("SELECT id, lease_token, client_token, seq FROM runs ORDER BY id")).all()
+            kinds = conn.execute(text("SELECT id, kind FROM sweeps ORDER BY id")).all()
+            counts = [conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("metrics", "run_events")]
+        assert [tuple(r[:3]) for r in runs] == [(1, None, token), (2, "lease", None)]
+        assert [tuple(k) for k in kinds] == [(1, "external"), (2, "queued")] and counts == [2, 1]
+        # The triggers came back: a status change still takes the sweep's next seq.
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE runs SET status = 'pruned' WHERE id = 2"))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT seq FROM runs WHERE id = 2")).scalar() > runs[1].seq
+        for bad in ("UPDATE runs SET source = 'elsewhere' WHERE id = 1", "UPDATE sweeps SET kind = 'x' WHERE id = 1",
+                    "UPDATE runs SET status = 'paused' WHERE id = 1"):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(text(bad))
     finally:
         engine.dispose()

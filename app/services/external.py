@@ -1,11 +1,11 @@
 """External runs: trainings that happen outside sweeplab's workers (a notebook, a script) and
 report over the REST API through `SweeplabCallback`.
 
-They are ordinary rows: a `sweeps` row whose spec says {"external": true}, one `configs` row per
-distinct config dict (its key is the dict's content hash, so replicates group exactly as queued
-runs do) and `runs` rows with source 'external', which the queue never claims. A client-chosen
-`client_token` (kept in `runs.lease_token`, unused by external runs otherwise) makes a retried
-create return the run the first attempt made.
+They are ordinary rows: a `sweeps` row of kind 'external' (its spec says {"external": true} for
+readers of the API), one `configs` row per distinct config dict (its key is the dict's content
+hash, so replicates group exactly as queued runs do) and `runs` rows with source 'external', which
+the queue never claims. A client-chosen `runs.client_token` makes a retried create return the run
+the first attempt made.
 
 Nothing on the server can see whether the client is still alive, so the client tells it: every
 epoch and every heartbeat sets `heartbeat_at` (database clock). A run silent for
@@ -29,13 +29,14 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, write_session
 from app.errors import InvalidSpec, InvalidTransition, RunNotFound
-from app.models import Config, Metric, Run, RunEvent, RunStatus, Sweep
+from app.models import Config, Metric, Run, RunEvent, RunSource, RunStatus, Sweep, SweepKind, metric_value
 from app.schemas import RunPublic
 from app.services.runs import read_run
 from app.spec import describe_params
 from app.text import first_unencodable
 
 EXTERNAL_DATASET = "external"
+EXTERNAL = RunSource.EXTERNAL.value
 EXTERNAL_LOCK_KEY = 0x5EE9_E87  # pg_advisory_xact_lock key: serialises find-or-create of sweeps/configs
 MAX_CONFIG_CHARS = 10_000
 MAX_CONFIG_DEPTH = 8
@@ -120,15 +121,16 @@ def _lock(s: Session) -> None:
 
 def _find_or_create_sweep(s: Session, req: ExternalRunRequest) -> Sweep:
     """The newest external sweep with this name (and study), or a new one."""
-    q = select(Sweep).where(Sweep.name == req.sweep, Sweep.dataset == (req.dataset or EXTERNAL_DATASET))
+    dataset = req.dataset or EXTERNAL_DATASET
+    q = select(Sweep).where(Sweep.kind == SweepKind.EXTERNAL.value, Sweep.name == req.sweep, Sweep.dataset == dataset)
     q = q.where(Sweep.study == req.study) if req.study is not None else q.where(Sweep.study.is_(None))
-    for sweep in s.scalars(q.order_by(Sweep.id.desc())):
-        if isinstance(sweep.spec, dict) and sweep.spec.get("external"):
-            return sweep
-    spec: dict[str, Any] = {"external": True, "name": req.sweep, "dataset": req.dataset or EXTERNAL_DATASET}
+    found = s.scalars(q.order_by(Sweep.id.desc()).limit(1)).first()
+    if found is not None:
+        return found
+    spec: dict[str, Any] = {"external": True, "name": req.sweep, "dataset": dataset}
     if req.study is not None:
         spec["study"] = req.study
-    sweep = Sweep(name=req.sweep, study=req.study, dataset=req.dataset or EXTERNAL_DATASET, spec=spec,
+    sweep = Sweep(kind=SweepKind.EXTERNAL.value, name=req.sweep, study=req.study, dataset=dataset, spec=spec,
                   run_count=0)
     s.add(sweep)
     s.flush()
@@ -153,8 +155,8 @@ def _find_or_create_config(s: Session, sweep_id: int, config: dict[str, Any], ma
 
 def _existing_run(s: Session, client_token: str) -> int | None:
     # Only a running run can be the target of a retried create: nothing else finishes it first.
-    return s.scalar(select(Run.id).where(Run.status == RunStatus.RUNNING.value, Run.source == "external",
-                                         Run.lease_token == client_token))
+    return s.scalar(select(Run.id).where(Run.status == RunStatus.RUNNING.value, Run.source == EXTERNAL,
+                                         Run.client_token == client_token))
 
 
 def create_external_run(engine: Engine, req: ExternalRunRequest, max_runs: int) -> tuple[RunPublic, bool]:
@@ -174,8 +176,8 @@ def create_external_run(engine: Engine, req: ExternalRunRequest, max_runs: int) 
             cfg = _find_or_create_config(s, sweep.id, config, max_runs)
             run_id = s.execute(insert(Run).values(
                 sweep_id=sweep.id, config_id=cfg.id, seed=req.seed, status=RunStatus.RUNNING.value,
-                source="external", attempt=1, max_attempts=1, epochs=req.epochs, last_epoch=-1,
-                cancel_requested=False, worker_id=req.host, lease_token=req.client_token,
+                source=EXTERNAL, attempt=1, max_attempts=1, epochs=req.epochs, last_epoch=-1,
+                cancel_requested=False, worker_id=req.host, client_token=req.client_token,
                 created_at=db_now(), started_at=db_now(), heartbeat_at=db_now(), train_seconds=0.0,
             ).returning(Run.id)).scalar_one()
             s.execute(update(Sweep).where(Sweep.id == sweep.id).values(run_count=n + 1))
@@ -187,7 +189,7 @@ def _external_run(s: Session, run_id: int) -> Run:
     run = s.get(Run, run_id)
     if run is None:
         raise RunNotFound(run_id)
-    if run.source != "external":
+    if run.source != EXTERNAL:
         raise InvalidTransition(f"run {run_id} is trained by sweeplab's workers; only external runs "
                                 "(created by POST /api/external/runs) accept epochs, heartbeats and finish")
     return run
@@ -200,7 +202,7 @@ def _touch(s: Session, run_id: int, what: str) -> bool:
     (PostgreSQL) or runs under the write lock (SQLite) for the rest of the transaction. Either it
     lands first and the run is no longer stale, or the reaper ended the run first and this is a 409.
     """
-    cancel = s.scalar(update(Run).where(Run.id == run_id, Run.source == "external",
+    cancel = s.scalar(update(Run).where(Run.id == run_id, Run.source == EXTERNAL,
                                         Run.status == RunStatus.RUNNING.value)
                       .values(heartbeat_at=db_now()).returning(Run.cancel_requested))
     if cancel is None:
@@ -221,12 +223,12 @@ class EpochAck:
 def record_external_epoch(engine: Engine, run_id: int, epoch: int, metrics: Mapping[str, float | None],
                           seconds: float = 0.0) -> EpochAck:
     """Store one epoch's metrics; idempotent on (run, key, epoch): a retried post stores nothing
-    and adds no seconds. NaN and inf are stored as NULL, as the API answers them. An epoch is also
-    a heartbeat."""
+    and adds no seconds. Values are stored as a worker's are (app.models.metric_value: inf as
+    itself, NaN as NULL). An epoch is also a heartbeat."""
     with write_session(engine) as s:
         cancel = _touch(s, run_id, "epochs")
         values = [{"run_id": run_id, "key": k, "epoch": epoch, "created_at": db_now(),
-                   "value": float(v) if v is not None and math.isfinite(v) else None}
+                   "value": metric_value(v)}
                   for k, v in metrics.items()]
         stored = 0
         if values:
@@ -263,7 +265,7 @@ def finish_external_run(engine: Engine, run_id: int, status: RunStatus, error: s
         final = case((Run.cancel_requested.is_(True), RunStatus.CANCELLED.value), else_=status.value)
     with write_session(engine) as s:
         # One conditioned UPDATE: a reaper ending the run at the same moment wins or loses whole.
-        row = s.execute(update(Run).where(Run.id == run_id, Run.source == "external",
+        row = s.execute(update(Run).where(Run.id == run_id, Run.source == EXTERNAL,
                                           Run.status == RunStatus.RUNNING.value)
                         .values(status=final, error=error, finished_at=db_now())
                         .returning(Run.status, Run.worker_id)).first()
@@ -287,7 +289,7 @@ class StaleResult:
 def _silent_for(seconds: float) -> Any:
     """Runs still running, external, with no epoch or heartbeat for SECONDS (database clock)."""
     last = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
-    return and_(Run.status == RunStatus.RUNNING.value, Run.source == "external", last < db_now() - seconds)
+    return and_(Run.status == RunStatus.RUNNING.value, Run.source == EXTERNAL, last < db_now() - seconds)
 
 
 def _silence_text(prefix: str) -> Any:

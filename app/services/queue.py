@@ -8,7 +8,6 @@ RELIABILITY.md in the project's design notes; every function here is one short t
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import db_now, read_session, write_session
-from app.models import Artifact, Checkpoint, Config, Metric, Run, RunEvent, RunStatus
+from app.models import Artifact, Checkpoint, Config, Metric, Run, RunEvent, RunSource, RunStatus, metric_value
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
     A caller that retries after an error passes the same TOKEN and asks `claims_with_token` first:
     the failed try may have committed."""
     token = token or new_token()
-    queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == "queue")
+    queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == RunSource.QUEUE.value)
     with write_session(engine) as s:
         head = s.execute(
             select(Run.config_id, Run.last_epoch, Run.attempt).where(queued).order_by(Run.id).limit(1)
@@ -148,12 +147,6 @@ def heartbeat(engine: Engine, claims: list[Claim], lease_seconds: float) -> dict
     return {i: LeaseState(i in held, held.get(i, False)) for i in ids}
 
 
-def _clean(value: float) -> float | None:
-    """NaN cannot be stored in SQLite's REAL: it is stored as NULL (and read back as NaN)."""
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
 def _put_artifacts(s: Session, run_id: int, artifacts: Mapping[str, tuple[str, bytes]]) -> None:
     ins = _insert(s)
     for name, (content_type, data) in artifacts.items():
@@ -188,7 +181,7 @@ def record_epoch(
         if row is None:
             return WriteOutcome.LOST
         ins = _insert(s)
-        values = [{"run_id": claim.run_id, "key": k, "epoch": epoch, "value": _clean(v), "created_at": db_now()}
+        values = [{"run_id": claim.run_id, "key": k, "epoch": epoch, "value": metric_value(v), "created_at": db_now()}
                   for k, v in metrics.items()]
         if values:
             s.execute(ins(Metric).values(values).on_conflict_do_nothing(index_elements=["run_id", "key", "epoch"]))
@@ -286,7 +279,7 @@ class ReapResult:
 def reap_expired(engine: Engine) -> ReapResult:
     """Return runs whose lease expired to the queue (or fail them after max_attempts, or cancel
     them if cancel was asked). Safe to run from many processes at once: the loser changes nothing."""
-    expired = and_(Run.status == RunStatus.RUNNING.value, Run.source == "queue",
+    expired = and_(Run.status == RunStatus.RUNNING.value, Run.source == RunSource.QUEUE.value,
                    Run.lease_expires_at < db_now())
     with write_session(engine) as s:
         cancelled = list(s.scalars(

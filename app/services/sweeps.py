@@ -9,7 +9,7 @@ from sqlalchemy import Engine, case, delete, func, insert, select, true, update
 
 from app.db import db_now, read_session, write_session
 from app.errors import InvalidSpec, SweepNotFound
-from app.models import Artifact, Checkpoint, Config, Metric, Run, RunStatus, Sweep
+from app.models import Artifact, Checkpoint, Config, Metric, Run, RunSource, RunStatus, Sweep, SweepKind
 from app.schemas import ConfigPublic, StatusCounts, SweepPublic, iso
 from app.spec import SweepSpec, describe_params, storable
 
@@ -25,7 +25,7 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
     configs = spec.expand()
     seeds = spec.seed_list()
     with write_session(engine) as s:
-        sweep = Sweep(name=spec.name, study=spec.study, dataset=spec.dataset,
+        sweep = Sweep(kind=SweepKind.QUEUED.value, name=spec.name, study=spec.study, dataset=spec.dataset,
                       spec=spec.model_dump(mode="json", exclude_none=True), run_count=n)
         s.add(sweep)
         s.flush()
@@ -39,8 +39,8 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
                       "max_attempts": max_attempts} for seed in seeds]
         for i in range(0, len(rows), INSERT_CHUNK):
             s.execute(insert(Run).values(
-                [{**r, "status": RunStatus.QUEUED.value, "source": "queue", "attempt": 0, "last_epoch": -1,
-                  "cancel_requested": False, "train_seconds": 0.0, "created_at": db_now()}
+                [{**r, "status": RunStatus.QUEUED.value, "source": RunSource.QUEUE.value, "attempt": 0,
+                  "last_epoch": -1, "cancel_requested": False, "train_seconds": 0.0, "created_at": db_now()}
                  for r in rows[i:i + INSERT_CHUNK]]
             ))
         sweep_id = sweep.id
@@ -141,7 +141,7 @@ def retry_failed(engine: Engine, sweep_id: int) -> SweepPublic:
     get_sweep_row(engine, sweep_id)
     with write_session(engine) as s:
         ids = list(s.scalars(select(Run.id).where(
-            Run.sweep_id == sweep_id, Run.source == "queue",
+            Run.sweep_id == sweep_id, Run.source == RunSource.QUEUE.value,
             Run.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]))))
         for table in (Metric, Artifact, Checkpoint):
             s.execute(delete(table).where(table.run_id.in_(ids)))
