@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -86,15 +87,23 @@ class ModelSpec(_Strict):
 
 
 class OptimizerSpec(_Strict):
+    """An optimizer and its learning rate: Keras' default for the optimizer when the spec gives none."""
+
     name: OptimizerName = "adam"
     learning_rate: float | None = Field(default=None, gt=0, le=100)
+    _rate_chosen: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _default_rate(self) -> OptimizerSpec:
+        self._rate_chosen = "learning_rate" in self.model_fields_set
         if self.learning_rate is None:
-            # Bypass field tracking so `model_fields_set` still tells whether the user chose a rate.
-            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATE[self.name])
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.name]
         return self
+
+    @property
+    def rate_chosen(self) -> bool:
+        """Whether the spec named a learning rate; if not, each optimizer a grid sweeps gets its own default."""
+        return self._rate_chosen
 
 
 class TrainSpec(_Strict):
@@ -177,8 +186,15 @@ class SweepSpec(TrainSpec):
     def base_dict(self) -> dict[str, Any]:
         """The spec's own training settings as a plain dict (no name, seeds or grid)."""
         out = self.model_dump(include=set(TrainSpec.model_fields), mode="json")
-        if "learning_rate" not in self.optimizer.model_fields_set:
-            # Each swept optimizer then gets its own Keras default rate.
+        if not self.optimizer.rate_chosen:
+            del out["optimizer"]["learning_rate"]  # each swept optimizer then gets its own default
+        return out
+
+    def filled_in(self) -> dict[str, Any]:
+        """The spec as JSON with its defaults filled in (what POST /api/sweeps/validate answers),
+        but no learning rate the spec left out: a swept optimizer keeps its own default."""
+        out = self.model_dump(mode="json", exclude_none=True)
+        if not self.optimizer.rate_chosen:
             del out["optimizer"]["learning_rate"]
         return out
 

@@ -47,6 +47,20 @@ def test_swept_optimizer_gets_its_own_default_rate_unless_one_was_given() -> Non
     assert [c.train.optimizer.learning_rate for c in fixed.expand()] == [0.05, 0.05]
 
 
+def test_the_spec_says_whether_a_rate_was_chosen_and_its_json_keeps_the_default() -> None:
+    """`rate_chosen` is the only record of the choice: the rate itself is filled in either way,
+    so stored specs and configs carry a number, and survives a copy and a JSON round trip."""
+    default, chosen = spec(), spec(optimizer={"name": "sgd", "learning_rate": 0.05})
+    assert (default.optimizer.rate_chosen, chosen.optimizer.rate_chosen) == (False, True)
+    assert default.model_dump(mode="json")["optimizer"] == {"name": "adam", "learning_rate": 0.001}
+    assert default.model_copy(deep=True).optimizer.rate_chosen is False
+    assert SweepSpec.model_validate(default.model_dump(mode="json")).optimizer.rate_chosen is True
+    assert "learning_rate" not in default.base_dict()["optimizer"]
+    assert default.filled_in()["optimizer"] == {"name": "adam"}
+    assert chosen.filled_in()["optimizer"] == {"name": "sgd", "learning_rate": 0.05}
+    assert default.filled_in() == {**default.model_dump(mode="json", exclude_none=True), "optimizer": {"name": "adam"}}
+
+
 def test_explicit_seeds() -> None:
     assert spec(seeds=[3, 7, 11]).seed_list() == [3, 7, 11]
 
