@@ -245,11 +245,10 @@ IDLE_STREAMS = 40
 def big_sweep(engine: Engine) -> int:
     """A sweep of RUNS runs with EPOCHS epochs of every key: 80,000 metric rows, about 5 MB of CSV."""
     sweep = make_sweep(engine, name="big", replicates=RUNS, epochs=EPOCHS)
-    rows = [{"run_id": run.id, "key": key, "epoch": epoch, "value": epoch / EPOCHS, "created_at": 0.0}
-            for run in runs_of(engine, sweep.id) for key in KEYS for epoch in range(1, EPOCHS + 1)]
-    with write_session(engine) as s:
-        for start in range(0, len(rows), 20_000):
-            s.execute(insert(Metric), rows[start:start + 20_000])
+    for run in runs_of(engine, sweep.id):  # a transaction per run, as workers commit epochs in small ones
+        with write_session(engine) as s:
+            s.execute(insert(Metric), [{"run_id": run.id, "key": key, "epoch": epoch, "value": epoch / EPOCHS,
+                                        "created_at": 0.0} for key in KEYS for epoch in range(1, EPOCHS + 1)])
     return sweep.id
 
 
