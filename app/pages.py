@@ -13,13 +13,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2.utils import htmlsafe_json_dumps
 
-from app.api.charts import parse_ids
 from app.api.deps import EngineDep
 from app.datasets import CLASS_NAMES
 from app.models import RunStatus
-from app.services import charts
+from app.services import charts, dataset_views, results, studies
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
+from app.services.charts import parse_ids
 from app.spec import (
     GRID_PATHS,
     Activation,
@@ -61,21 +61,8 @@ def plotly_js(request: Request) -> Response:
 def index_page(request: Request, engine: EngineDep, study: str | None = None,
                status: RunStatus | None = None) -> HTMLResponse:
     sweeps = sweep_service.list_sweeps(engine, study or None, status.value if status else None)
-    everything = sweep_service.list_sweeps(engine, limit=1000)
-    singles = charts.single_configs(engine, [s.id for s in everything if s.study])
-    studies: dict[str, dict[str, Any]] = {}
-    for sw in reversed(everything):  # oldest first: the study's own order
-        if sw.study:
-            st = studies.setdefault(sw.study, {"name": sw.study, "sweeps": 0, "runs": 0, "configs": [],
-                                               "counts": dict.fromkeys((s.value for s in RunStatus), 0)})
-            st["sweeps"] += 1
-            st["runs"] += sw.runs
-            for key, n in sw.status_counts.model_dump().items():
-                st["counts"][key] += n
-            if sw.id in singles:
-                st["configs"].append(singles[sw.id])
-    return _render(request, "index.html", sweeps=sweeps, best=charts.best_configs(engine, [s.id for s in sweeps]),
-                   studies=sorted(studies.values(), key=lambda st: st["name"]), study=study or "",
+    return _render(request, "index.html", sweeps=sweeps, best=results.best_configs(engine, [s.id for s in sweeps]),
+                   studies=studies.list_studies(engine), study=study or "",
                    status=status.value if status else "", statuses=[s.value for s in RunStatus])
 
 
@@ -126,5 +113,5 @@ def compare_page(request: Request, engine: EngineDep, configs: str = "") -> HTML
 
 @router.get("/datasets/{name}", response_class=HTMLResponse)
 def dataset_page(name: str, request: Request) -> HTMLResponse:
-    summary = charts.dataset_summary(name, request.app.state.settings.data_dir)
+    summary = dataset_views.dataset_summary(name, request.app.state.settings.data_dir)
     return _render(request, "dataset.html", summary=summary)

@@ -22,7 +22,7 @@ from app.db import write_session
 from app.main import create_app
 from app.models import Artifact, Metric, Run, RunStatus
 from app.schemas import SweepPublic
-from app.services import charts
+from app.services import axes, charts
 from app.services.queue import Claim, record_epoch
 from app.services.runs import list_runs
 from app.services.sweeps import create_sweep, parse_spec
@@ -236,7 +236,7 @@ def test_missing_dataset_file_is_a_readable_error(settings: Settings, engine: En
 ])
 def test_axes_are_readable(values: list[Any], kind: str, x: list[Any]) -> None:
     path = "model.hidden" if isinstance(values[0], list) else "optimizer.learning_rate"
-    axis = charts.describe_axis(path, values)
+    axis = axes.describe_axis(path, values)
     assert axis["kind"] == kind and axis["x"] == x
     if kind == "log2":
         assert axis["labels"] == ["[32, 32]", "[32, 64]", "[32, 256]"] and "layer 2" in axis["title"]

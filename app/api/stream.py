@@ -16,7 +16,6 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EngineDep
-from app.services.charts import sweep_run_series
 from app.services.stream import POINTS_PER_POLL, Changes, changes_since, open_stream
 
 router = APIRouter(prefix="/api/sweeps", tags=["charts"])
@@ -32,13 +31,6 @@ def poll_limiter() -> anyio.CapacityLimiter:
     if loop not in _limiters:
         _limiters[loop] = anyio.CapacityLimiter(POLL_THREADS)
     return _limiters[loop]
-
-
-@router.get("/{sweep_id}/series")
-def read_sweep_series(sweep_id: int, engine: EngineDep,
-                      keys: list[str] = Query(["loss", "accuracy", "val_loss", "val_accuracy"])) -> dict:
-    """Every run's series for KEYS (columnar) and the cursor to stream from."""
-    return sweep_run_series(engine, sweep_id, keys)
 
 
 def sse_events(changes: Changes, first: bool) -> list[str]:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import JSON_TYPES, YAML_TYPES, EngineDep, Guarded, SettingsDep, media_type
+from app.api.deps import JSON_TYPES, YAML_TYPES, ContentTyped, EngineDep, Guarded, SettingsDep, media_type
 from app.config import Settings
 from app.datasets import check_available
 from app.errors import InvalidSpec
@@ -18,6 +18,7 @@ from app.models import RunStatus
 from app.schemas import ConfigPublic, RunPublic, SweepPublic
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
+from app.spec import SweepSpec
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 MAX_YAML_NODES = 100_000
@@ -88,13 +89,42 @@ async def create_sweep(request: Request, engine: EngineDep, settings: SettingsDe
     return await run_in_threadpool(_create_sweep, engine, settings, data)
 
 
+def _check_datasets(spec: SweepSpec, settings: Settings) -> None:
+    """Every dataset the spec trains on must be loadable here: refused now, not failed by a worker."""
+    for dataset in sorted({spec.dataset, *map(str, spec.grid.get("dataset", []))}):
+        reason = check_available(dataset, settings.data_dir)
+        if reason:
+            raise InvalidSpec(f"dataset: {reason}", [{"loc": "dataset", "msg": reason}])
+
+
 def _create_sweep(engine: Engine, settings: Settings, data: Any) -> SweepPublic:
     spec = sweep_service.parse_spec(data)
-    for dataset in {spec.dataset, *spec.grid.get("dataset", [])}:
-        reason = check_available(str(dataset), settings.data_dir)
-        if reason:
-            raise InvalidSpec(f"dataset: {reason}")
+    _check_datasets(spec, settings)
     return sweep_service.create_sweep(engine, spec, settings.max_runs_per_sweep, settings.max_attempts)
+
+
+@router.post("/validate", dependencies=ContentTyped, openapi_extra=SPEC_BODY,
+             responses={422: {"description": "invalid spec, with the failing fields"}})
+async def validate_sweep(request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """Check a spec (JSON, or YAML with content-type application/yaml) without submitting it:
+    the number of configs and runs it expands to, and the spec with defaults filled in."""
+    data = await _spec_data(request)
+    # Off the event loop: expanding a big grid and probing a dataset (maybe over the network) block.
+    return await run_in_threadpool(_validate, settings, data)
+
+
+def _validate(settings: Settings, data: Any) -> dict[str, Any]:
+    spec = sweep_service.parse_spec(data)
+    _check_datasets(spec, settings)
+    n_configs = len(spec.combinations())
+    if spec.run_count() > settings.max_runs_per_sweep:
+        msg = f"the sweep expands to {spec.run_count()} runs; this server accepts at most {settings.max_runs_per_sweep}"
+        raise InvalidSpec(msg, [{"loc": "grid", "msg": msg}])
+    data = spec.model_dump(mode="json", exclude_none=True)
+    if "learning_rate" not in spec.optimizer.model_fields_set:
+        data["optimizer"].pop("learning_rate", None)  # each optimizer keeps its own default
+    return {"valid": True, "configs": n_configs, "replicates": len(spec.seed_list()), "runs": spec.run_count(),
+            "spec": data}
 
 
 @router.get("", response_model=list[SweepPublic])

@@ -1,0 +1,75 @@
+"""What a chart is about (a `Scope` of runs) and a `Snapshot` of those runs, from which the cached
+chart answers (app.services.memo) learn what changed since they were computed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, select
+
+from app.db import read_session
+from app.models import Metric, Run
+from app.services.stream import snapshot_session, sweep_seqs
+
+
+def cursor_of(seqs: dict[int, int]) -> int | None:
+    """The stream cursor of what was read with these sweeps' sequences: only one sweep has one."""
+    return next(iter(seqs.values())) if len(seqs) == 1 else None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The runs a chart is about: a sweep's, some configs' (from any sweeps), or some of a sweep's."""
+
+    sweep_id: int | None = None
+    config_ids: tuple[int, ...] | None = None
+
+    def where(self) -> Any:
+        if self.config_ids is None:
+            return Run.sweep_id == self.sweep_id
+        only = Run.config_id.in_(list(self.config_ids))
+        return and_(Run.sweep_id == self.sweep_id, only) if self.sweep_id is not None else only
+
+
+class Snapshot:
+    """Every run of a scope as (config, last epoch, status) and its sweeps' commit sequences
+    (app.services.stream), read in one snapshot. A worker records an epoch's metrics with the run's
+    last epoch and a retry deletes them with a status change, so two snapshots, plus the runs of the
+    metrics committed between their sequences, tell which configs' curves changed."""
+
+    def __init__(self, seqs: dict[int, int], runs: dict[int, tuple[int, int, str]]) -> None:
+        self.seqs, self.runs = seqs, runs
+        self.status_digest = hash(frozenset((r, v[2]) for r, v in runs.items()))
+
+    @property
+    def cursor(self) -> int | None:
+        """Where the stream of the scope's sweep goes on from; None for configs of several sweeps."""
+        return cursor_of(self.seqs)
+
+    def only(self, config_ids: set[int]) -> Snapshot:
+        """The part of this snapshot about CONFIG_IDS."""
+        return Snapshot(self.seqs, {r: v for r, v in self.runs.items() if v[0] in config_ids})
+
+    def changed_configs(self, engine: Engine, older: Snapshot) -> set[int]:
+        changed = {(self.runs.get(r) or older.runs[r])[0] for r in self.runs.keys() | older.runs.keys()
+                   if self.runs.get(r) != older.runs.get(r)}
+        moved = [and_(Metric.sweep_id == sweep, Metric.seq > older.seqs.get(sweep, 0), Metric.seq <= seq)
+                 for sweep, seq in self.seqs.items() if seq > older.seqs.get(sweep, 0)]
+        if moved:
+            with read_session(engine) as s:
+                written = s.scalars(select(Metric.run_id).distinct().where(or_(*moved))).all()
+            changed |= {self.runs[r][0] for r in written if r in self.runs}
+        return changed
+
+    def runs_per_config(self) -> Counter[int]:
+        return Counter(config_id for config_id, _, _ in self.runs.values())
+
+
+def snapshot(engine: Engine, scope: Scope) -> Snapshot:
+    with snapshot_session(engine) as s:
+        rows = s.execute(select(Run.id, Run.sweep_id, Run.config_id, Run.last_epoch, Run.status)
+                         .where(scope.where())).all()
+        seqs = sweep_seqs(s, [scope.sweep_id] if scope.sweep_id is not None else [r.sweep_id for r in rows])
+    return Snapshot(seqs, {r.id: (r.config_id, r.last_epoch, r.status) for r in rows})
