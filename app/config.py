@@ -53,12 +53,15 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="how long a worker retries a failing database write before giving up")
     trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")
     tf_threads: int = Field(default=0, ge=0, description="TensorFlow intra-op threads (0: TF decides)")
+    fake_epoch_seconds: float = Field(default=0.05, ge=0, description="fake trainer: how long each epoch sleeps")
+    fake_poison_seed: int | None = Field(
+        default=None, description="fake trainer: a run with this seed kills its worker process (crash tests)")
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "fake_poison_seed", mode="before")
     @classmethod
-    def _blank_token_is_none(cls, value: object) -> object:
-        """An empty SWEEPLAB_API_TOKEN (e.g. `${SWEEPLAB_API_TOKEN:-}` in compose) means no token,
-        never a token that an empty header would match."""
+    def _blank_is_none(cls, value: object) -> object:
+        """An empty variable means unset: an empty SWEEPLAB_API_TOKEN (e.g. `${SWEEPLAB_API_TOKEN:-}`
+        in compose) is no token, never a token that an empty header would match."""
         if isinstance(value, str) and not value.strip():
             return None
         return value
@@ -73,10 +76,6 @@ class Settings(BaseSettings):
                 f"({self.lease_seconds:g}): set SWEEPLAB_HEARTBEAT_SECONDS <= "
                 f"{self.lease_seconds / HEARTBEATS_PER_LEASE:.3g} or raise SWEEPLAB_LEASE_SECONDS")
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 @lru_cache

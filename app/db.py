@@ -9,12 +9,13 @@ Read-only sessions (`read_session`) use a plain deferred BEGIN, which never bloc
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -105,6 +106,12 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def dialect_insert(session: Session) -> Callable[..., Any]:
+    """`insert` of the session's database (PostgreSQL's or SQLite's): both have the ON CONFLICT
+    clauses that idempotent writes need, which SQLAlchemy's generic insert lacks."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 @contextmanager

@@ -278,7 +278,14 @@ class ExpandedConfig:
 
 
 def config_key(train: TrainSpec) -> str:
-    blob = json.dumps(train.model_dump(mode="json"), sort_keys=True)
+    """The key of a queued config: the content key of its full training settings."""
+    return content_key(train.model_dump(mode="json"))
+
+
+def content_key(data: Any) -> str:
+    """A content hash of JSON-able DATA (key order ignored): configs with equal settings share it,
+    queued and external alike, so their replicates group. Stored in configs.key: never change it."""
+    blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -48,11 +48,10 @@ def spec_dict(width: int, epochs: int, limit: int | None) -> dict[str, Any]:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process; prints a JSON line after MARK."""
-    if args.threads:
-        import tensorflow as tf
+    from app.config import Settings
+    from worker.main import configure_tensorflow
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    configure_tensorflow(Settings(tf_threads=args.threads or 0))  # as a worker starts TensorFlow
     if args.child == "peak":
         print(MARK + json.dumps({"matmul_flops": matmul_peak()}), flush=True)
         return

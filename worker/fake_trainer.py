@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from app.config import Settings
 from app.spec import TrainSpec
 from worker.trainer import EpochMetrics, PreparedData, State
 
@@ -20,9 +21,9 @@ from worker.trainer import EpochMetrics, PreparedData, State
 class FakeTrainer:
     def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData | None, states: list[State | None]):
         self.seeds = seeds
-        self.sleep = float(os.environ.get("SWEEPLAB_FAKE_EPOCH_SECONDS", "0.05"))
-        poison = os.environ.get("SWEEPLAB_FAKE_POISON_SEED")
-        self.poison = int(poison) if poison not in (None, "") else None
+        # Settings read when a trainer is made, not the worker's: a test may change the sleep between packs.
+        knobs = Settings()
+        self.sleep, self.poison = knobs.fake_epoch_seconds, knobs.fake_poison_seed
         # The state is the number of epochs trained: a resumed run continues from its checkpoint.
         self.done = {i: int(st["epochs_done"]) if st is not None else 0 for i, st in enumerate(states)}
 

@@ -1,13 +1,10 @@
 """Keras Sequential models as the study builds them, and their canonical checkpoint state.
 
-Imports TensorFlow/Keras: only the worker's training code imports this module.
+Imports TensorFlow/Keras: only the worker's training code imports this module, after
+`worker.main.configure_tensorflow` has set TensorFlow's environment.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np

@@ -31,14 +31,8 @@ from app.spec import TrainSpec
 from worker.keras_models import build_optimizer, compiled_model, fresh_state, set_state
 from worker.trainer import EpochMetrics, PreparedData, State, epoch_order
 
-# Each pack runs its XLA loop on one core, packs in parallel threads. XLA's Eigen threading made
-# the threads' matmuls queue on TensorFlow's shared intra-op pool (2 cores, 2 packs of 5: 0.99 ms per
-# step with it, 0.47 ms without; one pack of 10 takes 0.88 ms either way), so it is turned off.
-# XLA reads XLA_FLAGS at its first compile: a process that compiled before importing this module
-# keeps Eigen threading (packs then take turns: correct, about as fast as one pack).
-_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAG}".strip()
+# Each pack runs its XLA loop on one core, packs in parallel threads: worker.main.configure_tensorflow
+# turns XLA's Eigen threading off before TensorFlow starts (why: its docstring).
 
 T = TypeVar("T")
 STEPS_PER_CALL = 128  # training steps per compiled call; should_stop is checked between calls

@@ -120,11 +120,8 @@ def _validate(settings: Settings, data: Any) -> dict[str, Any]:
     if spec.run_count() > settings.max_runs_per_sweep:
         msg = f"the sweep expands to {spec.run_count()} runs; this server accepts at most {settings.max_runs_per_sweep}"
         raise InvalidSpec(msg, [{"loc": "grid", "msg": msg}])
-    data = spec.model_dump(mode="json", exclude_none=True)
-    if "learning_rate" not in spec.optimizer.model_fields_set:
-        data["optimizer"].pop("learning_rate", None)  # each optimizer keeps its own default
     return {"valid": True, "configs": n_configs, "replicates": len(spec.seed_list()), "runs": spec.run_count(),
-            "spec": data}
+            "spec": spec.filled_in()}
 
 
 @router.get("", response_model=list[SweepPublic])

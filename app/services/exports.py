@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy import Engine, select, tuple_
 
 from app.db import read_session
 from app.models import Config, Metric, Run
+from app.numbers import finite_or_none
 from app.services.sweeps import get_sweep_row
 
 COLUMNS = ("sweep", "config", "config_label", "seed", "run", "key", "epoch", "value")
@@ -26,10 +26,6 @@ ROWS_PER_CHUNK = 2000
 ROWS_PER_PAGE = 5000
 # A spreadsheet takes a cell starting with one of these as a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
 
 
 def csv_text(cell: str) -> str:
@@ -83,7 +79,7 @@ def metric_rows(engine: Engine, sweep_id: int, keys: list[str] | None = None) ->
         for run_id, key, epoch, value in page:
             info = runs.get(run_id)  # None: a run of another sweep with an id in this range
             if info is not None:
-                yield (*info, run_id, key, epoch, _finite(value))
+                yield (*info, run_id, key, epoch, finite_or_none(value))
         if len(page) < ROWS_PER_PAGE:
             return
         after = page[-1][:3]

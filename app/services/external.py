@@ -16,7 +16,6 @@ goodbye.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -24,15 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Integer, String, and_, case, cast, func, insert, literal, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import db_now, write_session
+from app.db import db_now, dialect_insert, write_session
 from app.errors import InvalidSpec, InvalidTransition, RunNotFound
 from app.models import Config, Metric, Run, RunEvent, RunSource, RunStatus, Sweep, SweepKind, metric_value
 from app.schemas import RunPublic
 from app.services.runs import read_run
-from app.spec import describe_params
+from app.spec import content_key, describe_params
 from app.text import first_unencodable
 
 EXTERNAL_DATASET = "external"
@@ -56,12 +54,6 @@ def cancel_grace_seconds(stale_seconds: float) -> float:
     """Silence after which a run asked to stop ends cancelled: a live client answers a cancel at its
     next heartbeat, so a few missed heartbeats are enough, well before the full staleness."""
     return min(stale_seconds, CANCEL_GRACE_HEARTBEATS * heartbeat_seconds(stale_seconds))
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Content hash of a config dict, as app.spec.config_key does for queued configs."""
-    blob = json.dumps(config, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def check_config(config: Any) -> dict[str, Any]:
@@ -108,10 +100,6 @@ class ExternalRunRequest:
     host: str | None = None
 
 
-def _insert(s: Session) -> Any:
-    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 def _lock(s: Session) -> None:
     # SQLite writers are already serialised by BEGIN IMMEDIATE; PostgreSQL needs the lock so two
     # notebooks starting together do not both create "my study".
@@ -138,7 +126,7 @@ def _find_or_create_sweep(s: Session, req: ExternalRunRequest) -> Sweep:
 
 
 def _find_or_create_config(s: Session, sweep_id: int, config: dict[str, Any], max_configs: int) -> Config:
-    key = config_hash(config)
+    key = content_key(config)
     found = s.scalars(select(Config).where(Config.sweep_id == sweep_id, Config.key == key)
                       .order_by(Config.position)).first()
     if found is not None:
@@ -232,7 +220,7 @@ def record_external_epoch(engine: Engine, run_id: int, epoch: int, metrics: Mapp
                   for k, v in metrics.items()]
         stored = 0
         if values:
-            stored = len(s.execute(_insert(s)(Metric).values(values)
+            stored = len(s.execute(dialect_insert(s)(Metric).values(values)
                                    .on_conflict_do_nothing(index_elements=["run_id", "key", "epoch"])
                                    .returning(Metric.id)).all())
         s.execute(update(Run).where(Run.id == run_id).values(

@@ -15,10 +15,9 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import db_now, read_session, write_session
+from app.db import db_now, dialect_insert, read_session, write_session
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunEvent, RunSource, RunStatus, metric_value
 
 
@@ -41,10 +40,6 @@ class WriteOutcome(Enum):
     OK = "ok"
     CANCEL_REQUESTED = "cancel_requested"
     LOST = "lost"  # the lease is gone: someone else owns the run, or it ended
-
-
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _fence(run_id: int, token: str) -> Any:
@@ -148,7 +143,7 @@ def heartbeat(engine: Engine, claims: list[Claim], lease_seconds: float) -> dict
 
 
 def _put_artifacts(s: Session, run_id: int, artifacts: Mapping[str, tuple[str, bytes]]) -> None:
-    ins = _insert(s)
+    ins = dialect_insert(s)
     for name, (content_type, data) in artifacts.items():
         stmt = ins(Artifact).values(run_id=run_id, name=name, content_type=content_type, data=data,
                                     created_at=db_now())
@@ -180,7 +175,7 @@ def record_epoch(
         ).first()
         if row is None:
             return WriteOutcome.LOST
-        ins = _insert(s)
+        ins = dialect_insert(s)
         values = [{"run_id": claim.run_id, "key": k, "epoch": epoch, "value": metric_value(v), "created_at": db_now()}
                   for k, v in metrics.items()]
         if values:

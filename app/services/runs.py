@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from sqlalchemy import Engine, func, select, update
 
 from app.db import read_session, write_session
 from app.errors import InvalidTransition, NotFound, RunNotFound
 from app.models import Artifact, Config, Metric, Run
+from app.numbers import finite_or_none
 from app.schemas import ArtifactInfo, RunMetrics, RunPublic, Series, iso
 from app.services.sweeps import CANCELLED, QUEUED, RUNNING, cancel_values, get_sweep_row
 
@@ -57,10 +56,6 @@ def cancel_run(engine: Engine, run_id: int) -> RunPublic:
     return run
 
 
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
 def run_metrics(engine: Engine, run_id: int, keys: list[str] | None = None) -> RunMetrics:
     """Every stored series of a run, epochs ascending; NaN and inf answer as null."""
     read_run(engine, run_id)
@@ -73,7 +68,7 @@ def run_metrics(engine: Engine, run_id: int, keys: list[str] | None = None) -> R
     for key, epoch, value in rows:
         sr = series.setdefault(key, Series(epochs=[], values=[]))
         sr.epochs.append(epoch)
-        sr.values.append(_finite(value))
+        sr.values.append(finite_or_none(value))
     return RunMetrics(run_id=run_id, series=series)
 
 

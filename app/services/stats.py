@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from app.numbers import finite_or_none
+
 CONFIDENCE = 0.95
 
 
 def finite(values: Sequence[float | None]) -> list[float]:
     """The values that are real numbers (NaN, inf and None dropped)."""
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
+    return [float(x) for x in map(finite_or_none, values) if x is not None]
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def epochs_to_fraction(epochs: Sequence[int], values: Sequence[float | None],
                        fraction: float = 0.99) -> int | None:
     """The first epoch whose value reaches FRACTION of the last epoch's value (accuracy-like curves).
     None when the curve has no final value or it is not positive."""
-    pairs = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None and math.isfinite(v)]
+    pairs = [(e, x) for e, x in zip(epochs, map(finite_or_none, values), strict=True) if x is not None]
     if not pairs:
         return None
     final = max(pairs, key=lambda p: p[0])[1]
