@@ -159,7 +159,8 @@ def test_compare_states_welch_result(client: TestClient, engine: Engine) -> None
     assert cmp["p"] == pytest.approx(expected.pvalue) and cmp["t"] == pytest.approx(expected.statistic)
     ci = expected.confidence_interval(0.95)
     assert (cmp["ci_low"], cmp["ci_high"]) == pytest.approx((ci.low, ci.high))
-    assert cmp["sentence"].startswith(f"b is {100 * (np.mean(xb) - np.mean(xa)):.1f} ± ")
+    diff = np.mean(np.array(xb, float)) - np.mean(np.array(xa, float))
+    assert cmp["sentence"].startswith(f"b is {100 * diff:.1f} ± ")
     assert "5 vs 4 replicates" in cmp["sentence"]
 
 

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from app.api.deps import EngineDep, SettingsDep
-from app.metrics import CURVE_KEYS
+from app.metrics import CURVE_KEYS, PRIMARY_KEY
 from app.services import charts, dataset_views, results
 from app.services.charts import parse_ids
 
 router = APIRouter(prefix="/api", tags=["charts"])
-KeysQuery = Query(list(CURVE_KEYS), description="metric keys, e.g. val_accuracy")
+KeysQuery = Query(list(CURVE_KEYS), description=f"metric keys, e.g. {PRIMARY_KEY}")
 JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
 
 
@@ -57,7 +57,7 @@ def read_config_replicates(config_id: int, engine: EngineDep, keys: list[str] = 
 
 @router.get("/compare")
 def compare_configs(engine: EngineDep, configs: str = Query(..., examples=["3,7"])) -> dict[str, Any]:
-    """Final-metric rows of the configs and Welch's test of each against the first (val_accuracy)."""
+    """Final-metric rows of the configs and Welch's test of each against the first (primary metric)."""
     return results.compare_configs(engine, parse_ids(configs))
 
 

@@ -89,8 +89,9 @@ def _table(engine: Engine, scope: Scope, configs: list[dict[str, Any]], snap: Sn
 def final_table(engine: Engine, sweep_id: int | None = None,
                 config_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """One row per config: its runs by status, final and best accuracy over succeeded replicates
-    (mean, std, 95% CI and the values), epochs until their mean val_accuracy reaches 99% of its
-    final value, wall time. Depends only on run statuses, so it is recomputed when one changes."""
+    (mean, std, 95% CI and the values), epochs until the mean of the primary metric (app.metrics)
+    reaches 99% of its final value, wall time. Depends only on run statuses, so it is recomputed
+    when one changes."""
     if sweep_id is not None:
         get_sweep_row(engine, sweep_id)
     scope = Scope(sweep_id, tuple(config_ids) if config_ids is not None else None)
@@ -116,7 +117,7 @@ def display_name(config: dict[str, Any]) -> str:
 
 def compare_configs(engine: Engine, config_ids: Sequence[int]) -> dict[str, Any]:
     """The final-metric rows of CONFIG_IDS and, for each config after the first, Welch's comparison
-    of its final primary metric (val_accuracy) with the first one's."""
+    of its final primary metric with the first one's."""
     rows = final_table(engine, config_ids=config_ids)["configs"]
     comparisons = []
     if len(rows) >= 2:
@@ -129,7 +130,7 @@ def compare_configs(engine: Engine, config_ids: Sequence[int]) -> dict[str, Any]
 
 
 def best_configs(engine: Engine, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Per sweep, its config with the highest mean final val_accuracy over succeeded replicates,
+    """Per sweep, its config with the highest mean final primary metric over succeeded replicates,
     with that mean, its sample std (two-pass, app.services.moments) and n."""
     if not sweep_ids:
         return {}
