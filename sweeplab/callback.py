@@ -2,16 +2,22 @@
 
     model.fit(x, y, epochs=5, validation_data=(xv, yv),
               callbacks=[SweeplabCallback(url="http://127.0.0.1:8000", sweep="my study",
-                                          config={"hidden": [32], "optimizer": "adam"}, seed=i)])
+                                          config={"hidden": [32], "optimizer": "adam"}, seed=i,
+                                          validation_data=(xv, yv), training_data=(x, y))])
 
 Each fit becomes a run of the external sweep named `sweep` (created on first use); runs with equal
-`config` dicts are replicates of one config, so the dashboard shows their bands and tests.
+`config` dicts are replicates of one config, so the dashboard shows their bands and tests. Keras
+hands callbacks neither fit's data nor its validation data, so epoch 0 (the untrained model, as
+sweeplab's workers log it) is evaluated on the data given to the callback itself.
 
 Delivery never blocks or breaks training: sweeplab.delivery posts from a background thread,
 keeps posts in memory while the server is away, drops one it refuses, sends heartbeats while fit
-runs, and ends the run when fit raises, the process gets SIGTERM or Python exits. A process
-killed outright (SIGKILL, out of memory) says nothing: the server ends its run once it is silent
-for SWEEPLAB_EXTERNAL_STALE_SECONDS ("the client stopped reporting").
+makes progress, and ends the run when the process gets SIGTERM or Python exits. Keras calls no
+callback when fit raises: used as a context manager (`with SweeplabCallback(...) as cb:`), the
+callback sees the exception and ends the run failed at once; otherwise the fit's heartbeats stop.
+A run that stops reporting (fit raised, or the process was killed outright: SIGKILL, out of
+memory) is ended by the server once silent for SWEEPLAB_EXTERNAL_STALE_SECONDS ("the client
+stopped reporting").
 """
 
 from __future__ import annotations
@@ -24,11 +30,10 @@ import os
 import random
 import re
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Mapping
-from types import FrameType
+from types import TracebackType
 from typing import Any
 
 import keras
@@ -77,18 +82,19 @@ def clean_logs(logs: Mapping[str, Any] | None) -> dict[str, float | None]:
     return out
 
 
-def _find_fit(model: Any) -> FrameType | None:
-    """The frame of the `fit` call that is running the callbacks (Keras 3, any backend)."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-            return frame
-        frame = frame.f_back
-    return None
-
-
 def _is_array(v: Any) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "__len__")
+
+
+class _Progress(keras.callbacks.Callback):
+    """Keeps a run's heartbeats going while the callback evaluates epoch 0 (a long evaluation)."""
+
+    def __init__(self, handle: RunHandle) -> None:
+        super().__init__()
+        self.handle = handle
+
+    def on_test_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.handle.touch()
 
 
 class SweeplabCallback(keras.callbacks.Callback):
@@ -98,15 +104,20 @@ class SweeplabCallback(keras.callbacks.Callback):
     url: the sweeplab server ($SWEEPLAB_URL, else http://127.0.0.1:8000); token: its API token
     ($SWEEPLAB_API_TOKEN); sweep: the sweep's name, joined if it exists; config: the settings
     that define the run (equal dicts group as replicates of one config); seed: the replicate's
-    seed (random when None). validation_data: data for epoch 0's val_* metrics when fit's own
-    cannot be found. initial_evaluation: log epoch 0 at all. flush_timeout: seconds the end of
-    fit waits for undelivered epochs before leaving them to the background thread.
+    seed (random when None). validation_data, training_data: (x, y[, sample_weight]) or a dataset
+    to evaluate the untrained model on as epoch 0 (val_* and training metrics), usually the data
+    given to fit; epoch 0 is logged when either is given, unless initial_evaluation is False or
+    fit resumes (initial_epoch > 0). flush_timeout: seconds the end of fit waits for undelivered
+    epochs before leaving them to the background thread.
+
+    As a context manager it ends the run of a fit that raised inside the `with` failed at once,
+    with the exception's message (Keras calls no callback then).
     """
 
     def __init__(self, url: str | None = None, sweep: str = "notebook", config: Mapping[str, Any] | None = None,
                  seed: int | None = None, token: str | None = None, *, study: str | None = None,
-                 dataset: str | None = None, validation_data: Any = None, initial_evaluation: bool = True,
-                 flush_timeout: float = 10.0) -> None:
+                 dataset: str | None = None, validation_data: Any = None, training_data: Any = None,
+                 initial_evaluation: bool = True, flush_timeout: float = 10.0) -> None:
         super().__init__()
         if not isinstance(sweep, str) or not sweep.strip():
             raise ValueError("sweep must be a non-empty name")
@@ -116,11 +127,31 @@ class SweeplabCallback(keras.callbacks.Callback):
         self.config = _jsonable(config)
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
         self.validation_data = validation_data
+        self.training_data = training_data
         self.initial_evaluation = initial_evaluation
         self.flush_timeout = flush_timeout
         self._handle: RunHandle | None = None
         self._epoch_started = time.perf_counter()
         self._stop_logged = False
+        self._first_epoch = True
+
+    def __enter__(self) -> SweeplabCallback:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """A fit inside the `with` that has not ended its run raised (or never finished): end it
+        failed now, with the exception, rather than when the server finds it silent."""
+        handle = self._handle
+        if handle is None or handle.ended:
+            return
+        reason = f"model.fit raised {kind.__name__}: {exc}" if kind is not None else "model.fit did not finish"
+        try:
+            uploader = uploader_for(self.url, self.token)
+            uploader.end(handle, "failed", reason[:10_000])
+            uploader.flush(handle.last_seq, self.flush_timeout)
+        except Exception as error:  # never hide the fit's own exception
+            log.warning("sweeplab: could not end the run: %s", error)
 
     @property
     def run_id(self) -> int | None:
@@ -136,60 +167,76 @@ class SweeplabCallback(keras.callbacks.Callback):
 
     def _begin(self) -> None:
         uploader = uploader_for(self.url, self.token)
-        fit = _find_fit(self.model)
-        fit_locals = dict(fit.f_locals) if fit is not None else {}
         create = {"sweep": self.sweep, "config": self.config, "seed": self.seed, "study": self.study,
                   "dataset": self.dataset, "epochs": int((self.params or {}).get("epochs") or 0),
                   "client_token": uuid.uuid4().hex, "host": f"{socket.gethostname()} pid {os.getpid()}"[:200]}
         handle = RunHandle()
-        handle.fit_frame, handle.thread_id = fit, threading.get_ident()
-        self._handle, self._stop_logged = handle, False
+        self._handle, self._stop_logged, self._first_epoch = handle, False, True
         install_sigterm_handler()
         uploader.watch(handle)
         uploader.put("create", handle, create)
-        if self.initial_evaluation and not fit_locals.get("initial_epoch"):
-            metrics = self._initial_metrics(fit_locals)
-            if metrics:
-                uploader.put("epoch", handle, {"epoch": 0, "metrics": metrics, "seconds": 0.0})
 
-    def _initial_metrics(self, fit_locals: dict[str, Any]) -> dict[str, float | None]:
-        """Epoch 0: the untrained model on the validation data (val_*) and, when fit was given
-        arrays, on the training data too, as sweeplab's workers do."""
-        batch = max(int(fit_locals.get("validation_batch_size") or fit_locals.get("batch_size") or 32), EVAL_BATCH)
+    def _initial_metrics(self, handle: RunHandle) -> dict[str, float | None]:
+        """Epoch 0: the untrained model on the validation data (val_*) and on the training data,
+        as sweeplab's workers do."""
         out: dict[str, float | None] = {}
-        val = self.validation_data
-        if val is None and "val_x" in fit_locals:
-            val = (fit_locals["val_x"], fit_locals.get("val_y"), fit_locals.get("val_sample_weight"))
-        if val is not None:
-            out.update({f"val_{k}": v for k, v in self._evaluate(val, batch).items()})
-        x = fit_locals.get("x")
-        if _is_array(x) and (fit_locals.get("y") is None or _is_array(fit_locals.get("y"))):
-            out.update(self._evaluate((x, fit_locals.get("y"), fit_locals.get("sample_weight")), batch))
+        if self.validation_data is not None:
+            out.update({f"val_{k}": v for k, v in self._evaluate(self.validation_data, handle).items()})
+        if self.training_data is not None:
+            out.update(self._evaluate(self.training_data, handle))
         return clean_logs(out)
 
-    def _evaluate(self, data: Any, batch: int) -> dict[str, Any]:
+    def _evaluate(self, data: Any, handle: RunHandle) -> dict[str, Any]:
+        progress = [_Progress(handle)]
         try:
             if isinstance(data, tuple | list):
                 x, y, sw = (*data, None, None)[:3]
                 if not _is_array(x):
                     return {}
-                result = self.model.evaluate(x, y, sample_weight=sw, batch_size=batch, verbose=0, return_dict=True)
+                result = self.model.evaluate(x, y, sample_weight=sw, batch_size=EVAL_BATCH, verbose=0,
+                                             return_dict=True, callbacks=progress)
             elif inspect.isgenerator(data) or (hasattr(data, "__next__") and not hasattr(data, "__len__")):
                 return {}  # a one-shot iterator: evaluating it would eat fit's data
             else:
-                result = self.model.evaluate(data, verbose=0, return_dict=True)
+                result = self.model.evaluate(data, verbose=0, return_dict=True, callbacks=progress)
         except Exception as exc:
             log.warning("sweeplab: no epoch-0 evaluation: %s", exc)
             return {}
         return dict(result) if isinstance(result, Mapping) else {}
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        handle = self._handle
+        if handle is not None:
+            handle.touch()
+            if self._first_epoch:  # fit's first epoch: 0 unless it resumes (initial_epoch)
+                self._first_epoch = False
+                self._log_epoch_zero(handle, epoch)
         self._epoch_started = time.perf_counter()
+
+    def _log_epoch_zero(self, handle: RunHandle, first_epoch: int) -> None:
+        if not self.initial_evaluation or first_epoch != 0:
+            return
+        try:
+            metrics = self._initial_metrics(handle)
+            if metrics:
+                uploader_for(self.url, self.token).put("epoch", handle, {"epoch": 0, "metrics": metrics,
+                                                                         "seconds": 0.0})
+        except Exception as exc:  # tracking must never break training
+            log.warning("sweeplab: epoch 0 not logged: %s", exc)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._handle is not None:
+            self._handle.touch()  # keeps the heartbeats going: the fit is alive
+
+    def on_test_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._handle is not None:
+            self._handle.touch()  # fit's validation pass
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         handle = self._handle
         if handle is None:
             return
+        handle.touch()
         try:
             body = {"epoch": epoch + 1, "metrics": clean_logs(logs),
                     "seconds": time.perf_counter() - self._epoch_started}

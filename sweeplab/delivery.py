@@ -8,8 +8,11 @@ create, epochs, heartbeats and finish in order, so training never waits on the n
 - While a fit runs, a heartbeat goes out every few seconds (as often as the server asks): the
   server's reaper ends a run that goes silent, so a killed or frozen process leaves no run
   `running` for ever, however long one epoch lasts.
-- Keras calls no callback when fit raises, so the thread also watches the fit: once fit's frame
-  is gone from its thread's stack without on_train_end, the run is marked failed.
+- Heartbeats go out only for fits that made progress (a batch, an epoch) since the last one. Keras
+  calls no callback when fit raises, so a fit that raised sends none: the server ends its run
+  failed once it is silent for SWEEPLAB_EXTERNAL_STALE_SECONDS (at once, when the callback was
+  used as a context manager, which sees the exception), and the thread stops watching it after
+  ABANDON_SECONDS.
 - SIGTERM (Slurm, Kubernetes, `timeout`): a handler installed in the main thread ends the runs
   failed (cancelled if a stop was asked), then does what the previous handler did.
 - At exit, fits that never finished end failed and the queue gets a last bounded wait.
@@ -22,7 +25,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -47,6 +49,7 @@ MAX_TRIES = 5  # a post answered 500 (or 408, 425) is tried this often, then dro
 MAX_DROP_WARNINGS = 3  # per run
 SIGNAL_FLUSH_SECONDS = 2.0  # on SIGTERM: a moment for the queued epochs, then the finish
 SIGNAL_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
+ABANDON_SECONDS = 600.0  # a fit with no progress for this long is taken for one that raised
 
 
 class RunHandle:
@@ -59,11 +62,15 @@ class RunHandle:
         self.cancel_requested = False
         self.warned = 0  # warnings about refused posts so far
         self.gone = False  # the server ended the run (finished, reaped): no more heartbeats
-        self.fit_frame: FrameType | None = None
-        self.thread_id: int | None = None
         self.last_seq = 0
         self.next_beat = 0.0  # time.monotonic() of the next heartbeat: the first goes out at once
         self.beat_every = HEARTBEAT_SECONDS
+        self.progress_at = time.monotonic()  # the fit's last sign of life (set by the callback)
+        self.beat_at = -math.inf  # when the last heartbeat went out
+
+    def touch(self) -> None:
+        """The fit is making progress (a batch or an epoch began): its heartbeats go on."""
+        self.progress_at = time.monotonic()
 
 
 @dataclass
@@ -77,8 +84,8 @@ class _Op:
 
 class Uploader:
     """Delivers the posts of every callback that reports to one server, in order, from one daemon
-    thread, retrying while the server is unreachable; watches running fits so that a fit that
-    raised ends its run failed. One per (url, token): a wrong URL never holds up a right one."""
+    thread, retrying while the server is unreachable; sends the heartbeats of the fits that make
+    progress. One per (url, token): a wrong URL never holds up a right one."""
 
     def __init__(self, client: Client, token: str = "") -> None:
         self.client = client
@@ -115,7 +122,7 @@ class Uploader:
         with self.cond:
             if handle.ended:
                 return
-            handle.ended, handle.fit_frame = True, None
+            handle.ended = True
             self.watched = [h for h in self.watched if h is not handle]
         self.put("finish", handle, {"status": status, "error": error})
 
@@ -144,7 +151,6 @@ class Uploader:
     def _loop(self) -> None:
         backoff, idle_since = RETRY_FIRST, time.monotonic()
         while True:
-            self._check_fits()
             self._beat()
             with self.cond:
                 if not self.ops:
@@ -214,16 +220,25 @@ class Uploader:
                         what, h.run_id, exc, tries, more)
 
     def _beat(self) -> None:
-        """Send the heartbeats that are due: a run without epoch or heartbeat for the server's
-        SWEEPLAB_EXTERNAL_STALE_SECONDS is ended by its reaper, and one epoch may last longer."""
+        """Send the heartbeats that are due, for fits that made progress since their last one: a
+        run without epoch or heartbeat for the server's SWEEPLAB_EXTERNAL_STALE_SECONDS is ended
+        by its reaper, and one epoch may last longer. A fit silent for ABANDON_SECONDS (it raised)
+        is no longer watched; the server has ended its run by then."""
         if self.outage:
             return
         now = time.monotonic()
         with self.cond:
-            due = [h for h in self.watched if h.run_id is not None and not (h.ended or h.refused or h.gone)
-                   and h.next_beat <= now]
+            abandoned = [h for h in self.watched if now - h.progress_at > ABANDON_SECONDS]
+            for h in abandoned:
+                h.ended = True
+            self.watched = [h for h in self.watched if not h.ended]
+            due = [h for h in self.watched if h.run_id is not None and not (h.refused or h.gone)
+                   and h.next_beat <= now and h.progress_at > h.beat_at]
+        for h in abandoned:
+            log.warning("sweeplab: the fit of run %s made no progress for %.0f s (did model.fit raise?); "
+                        "no longer sending its heartbeats", h.run_id, ABANDON_SECONDS)
         for h in due:
-            h.next_beat = now + h.beat_every
+            h.next_beat, h.beat_at = now + h.beat_every, now
             try:
                 ack = self.client.heartbeat(h.run_id)  # type: ignore[arg-type]
             except ClientError as exc:
@@ -240,21 +255,6 @@ class Uploader:
             if isinstance(every, int | float) and math.isfinite(every):
                 h.beat_every = min(max(float(every), HEARTBEAT_BOUNDS[0]), HEARTBEAT_BOUNDS[1])
                 h.next_beat = now + h.beat_every
-
-    def _check_fits(self) -> None:
-        """A watched fit whose frame left its thread's stack without on_train_end raised."""
-        with self.cond:
-            handles = [h for h in self.watched if h.fit_frame is not None]
-        if not handles:
-            return
-        frames = sys._current_frames()
-        for h in handles:
-            f = frames.get(h.thread_id or 0)
-            while f is not None and f is not h.fit_frame:
-                f = f.f_back
-            if f is None:
-                self.end(h, "failed", "model.fit raised or was interrupted before it finished")
-
 
 _uploaders: dict[tuple[str, str | None], Uploader] = {}
 _uploaders_lock = threading.Lock()
@@ -311,7 +311,7 @@ def _end_runs_now(reason: str) -> None:
     for u, h in running:
         if h.ended:  # fit ended meanwhile
             continue
-        h.ended, h.fit_frame = True, None
+        h.ended = True
         if h.run_id is None or h.refused or h.gone:
             continue
         status = "cancelled" if h.cancel_requested else "failed"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine
 
+from app.config import PROJECT_ROOT, Settings
 from sweeplab.client import Client
-from tests.conftest import LiveServer, wait_for
+from tests.conftest import LiveServer, settings_env, wait_for
 from tests.test_client import shared_server
 
 keras = pytest.importorskip("keras")
@@ -52,14 +57,23 @@ def tiny_model(seed: int, eager: bool) -> Any:
     return model
 
 
+X, Y = tiny_data()
+VALIDATION = (X[:32], Y[:32])
+
+
+def callback(**kw: Any) -> SweeplabCallback:
+    """A callback given fit's data for epoch 0 (Keras shows a callback neither fit's data nor its
+    validation data)."""
+    return SweeplabCallback(validation_data=VALIDATION, training_data=(X, Y), **kw)
+
+
 def fit(cb: Any, epochs: int = 3, extra: list[Any] | None = None, seed: int = 0, eager: bool = True) -> Any:
-    x, y = tiny_data()
-    return tiny_model(seed, eager).fit(x, y, epochs=epochs, batch_size=32, validation_data=(x[:32], y[:32]), verbose=0,
-                                callbacks=[*(extra or []), cb])
+    return tiny_model(seed, eager).fit(X, Y, epochs=epochs, batch_size=32, validation_data=VALIDATION, verbose=0,
+                                       callbacks=[*(extra or []), cb])
 
 
 def test_every_epoch_and_every_key_reaches_the_server(server: LiveServer) -> None:
-    cb = SweeplabCallback(url=server.url, sweep="tiny", config={"hidden": [8], "lr": np.float32(0.5)}, seed=3)
+    cb = callback(url=server.url, sweep="tiny", config={"hidden": [8], "lr": np.float32(0.5)}, seed=3)
     history = fit(cb, epochs=3, eager=False).history
     client = Client(server.url)
     run = client.run(cb.run_id)  # type: ignore[arg-type]
@@ -86,7 +100,7 @@ def test_a_server_that_goes_away_mid_fit_loses_no_epoch(server: LiveServer,
             if epoch == 4:
                 restarted.start()  # same port, same database; training goes on meanwhile
 
-    cb = SweeplabCallback(url=server.url, sweep="outage", config={"w": 8}, seed=0, flush_timeout=0.5)
+    cb = callback(url=server.url, sweep="outage", config={"w": 8}, seed=0, flush_timeout=0.5)
     with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
         history = fit(cb, epochs=8, extra=[Outage()]).history  # never raises
         restarted.join()
@@ -103,7 +117,7 @@ def test_a_server_that_goes_away_mid_fit_loses_no_epoch(server: LiveServer,
 
 def test_a_server_down_for_the_whole_fit_gets_the_run_when_it_returns(server: LiveServer) -> None:
     server.stop()
-    cb = SweeplabCallback(url=server.url, sweep="late", seed=0, flush_timeout=0.2)
+    cb = callback(url=server.url, sweep="late", seed=0, flush_timeout=0.2)
     assert len(fit(cb, epochs=2).history["loss"]) == 2
     assert cb.run_id is None  # nothing reached the server yet
     server.start()
@@ -117,7 +131,7 @@ def test_a_server_down_for_the_whole_fit_gets_the_run_when_it_returns(server: Li
 def test_a_notebook_loop_of_replicates_is_one_config(server: LiveServer) -> None:
     config = {"hidden": [8], "optimizer": "adam"}
     for seed in range(5):
-        fit(SweeplabCallback(url=server.url, sweep="notebook", config=dict(config), seed=seed),
+        fit(callback(url=server.url, sweep="notebook", config=dict(config), seed=seed),
             epochs=2, seed=seed)
     client = Client(server.url)
     [sweep] = [s for s in client.sweeps() if s["name"] == "notebook"]
@@ -138,14 +152,86 @@ def test_a_fit_that_raises_ends_its_run_failed(server: LiveServer) -> None:
             if epoch == 1:
                 raise RuntimeError("boom")
 
-    cb = SweeplabCallback(url=server.url, sweep="boom", seed=0)
-    with pytest.raises(RuntimeError, match="boom"):
+    # Keras calls no callback when fit raises; as a context manager the callback sees it.
+    with pytest.raises(RuntimeError, match="boom"), callback(url=server.url, sweep="boom", seed=0) as cb:
         fit(cb, epochs=5, extra=[Boom()])
     client = Client(server.url)
     wait_for(lambda: cb.run_id is not None and client.run(cb.run_id)["status"] == "failed", 10,
              message="the run to end failed")
     run = client.run(cb.run_id)  # type: ignore[arg-type]
-    assert "model.fit raised" in run["error"] and run["last_epoch"] == 1
+    assert "model.fit raised RuntimeError: boom" in run["error"] and run["last_epoch"] == 1
+
+
+def test_epoch_zero_needs_the_data_and_is_skipped_when_fit_resumes(server: LiveServer) -> None:
+    client = Client(server.url)
+    plain = SweeplabCallback(url=server.url, sweep="no data", seed=0)
+    fit(plain, epochs=2)
+    assert {s["epochs"][0] for s in client.run_metrics(plain.run_id).values()} == {1}  # type: ignore[arg-type]
+    resumed = callback(url=server.url, sweep="resumed", seed=0)
+    tiny_model(0, True).fit(X, Y, epochs=3, initial_epoch=1, validation_data=VALIDATION, verbose=0,
+                            callbacks=[resumed])
+    assert {s["epochs"][0] for s in client.run_metrics(resumed.run_id).values()} == {2}  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def strict_server(settings: Settings, engine: Engine, tmp_path: Path) -> Iterator[LiveServer]:
+    """A server that ends an external run silent for 3 s (heartbeats every 0.5 s), reaping often."""
+    strict = settings.model_copy(update={"external_stale_seconds": 3.0, "reap_seconds": 0.5})
+    server = LiveServer(strict, tmp_path / "server.log").start()
+    yield server
+    server.stop()
+
+
+RAISES_AND_LIVES_ON = """
+import sys, time, numpy as np, keras
+from sweeplab import SweeplabCallback, callback
+keras.utils.set_random_seed(0)
+x, y = np.random.default_rng(0).random((96, 6, 6)).astype("float32"), np.arange(96) % 10
+model = keras.Sequential([keras.Input((6, 6)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+
+class Boom(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("boom")
+
+cb = SweeplabCallback(url=sys.argv[1], sweep="raised", seed=0)
+try:
+    model.fit(x, y, epochs=50, verbose=0, callbacks=[Boom(), cb])
+except RuntimeError:
+    callback.flush(10)
+    print(cb.run_id, flush=True)
+time.sleep(300)  # a notebook's kernel: the process lives on after the fit raised
+"""
+
+
+def test_heartbeats_follow_the_fit_s_progress(strict_server: LiveServer, settings: Settings,
+                                              tmp_path: Path) -> None:
+    """Heartbeats go out while a fit makes progress, however slow its epochs, and stop once a fit
+    raised (Keras tells no callback): the server then ends the run as one that stopped reporting,
+    while the process lives on as a notebook's would."""
+    client = Client(strict_server.url)
+
+    class Slow(keras.callbacks.Callback):  # batches a second apart: epochs far longer than 3 s of silence
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            time.sleep(1.0)
+
+    slow = callback(url=strict_server.url, sweep="slow", seed=0)
+    fit(slow, epochs=2, extra=[Slow()])
+    assert client.run(slow.run_id)["status"] == "succeeded"  # type: ignore[arg-type]
+    script = tmp_path / "raises.py"
+    script.write_text(RAISES_AND_LIVES_ON)
+    proc = subprocess.Popen([sys.executable, str(script), strict_server.url], cwd=PROJECT_ROOT,
+                            env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        run_id = int(proc.stdout.readline())
+        wait_for(lambda: client.run(run_id)["status"] == "failed", 20, message="the silent run to be ended")
+        run = client.run(run_id)
+        assert "stopped reporting" in run["error"] and run["last_epoch"] == 1
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_cancelling_the_run_stops_training(server: LiveServer) -> None:
@@ -158,14 +244,14 @@ def test_cancelling_the_run_stops_training(server: LiveServer) -> None:
                 client.http.post(f"/api/runs/{cb.run_id}/cancel")
             sweeplab_callback.flush(timeout=10)  # let the acks come back
 
-    cb = SweeplabCallback(url=server.url, sweep="cancel", seed=0)
+    cb = callback(url=server.url, sweep="cancel", seed=0)
     epochs = len(fit(cb, epochs=50, extra=[Canceller()]).history["loss"])
     assert epochs < 10
     assert client.run(cb.run_id)["status"] == "cancelled"  # type: ignore[arg-type]
 
 
 def test_a_refused_run_never_breaks_training(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
-    cb = SweeplabCallback(url=server.url, sweep="x" * 300, seed=0)  # the server refuses the name
+    cb = callback(url=server.url, sweep="x" * 300, seed=0)  # the server refuses the name
     with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
         assert len(fit(cb, epochs=2).history["loss"]) == 2
     assert "refused the run" in caplog.text and cb.run_id is None
@@ -222,7 +308,7 @@ class RefusingServer:
 def test_a_refused_post_does_not_hold_up_the_later_ones(caplog: pytest.LogCaptureFixture) -> None:
     server = RefusingServer()
     try:
-        cb = SweeplabCallback(url=server.url, sweep="refused", seed=0, flush_timeout=30)
+        cb = callback(url=server.url, sweep="refused", seed=0, flush_timeout=30)
         with caplog.at_level(logging.WARNING, logger="sweeplab.callback"):
             fit(cb, epochs=4)
     finally:

@@ -50,19 +50,29 @@ def fresh_state(spec: TrainSpec, seed: int) -> State:
     return {f"w/{j}": np.asarray(v.numpy()) for j, v in enumerate(model.trainable_variables)}
 
 
+SLOTS = ("momentum", "velocity")  # what SGD (with momentum), Adam and RMSprop keep per weight
+UNSAVED = ("learning_rate",)  # fixed by the spec; the iteration count is saved as opt/iteration
+
+
 def _slot_vars(model: keras.Sequential) -> dict[str, keras.Variable]:
-    """Optimizer slot variables by canonical key (built on demand)."""
+    """Optimizer slot variables by canonical key, "opt/<slot>/<weight index>" (built on demand).
+
+    Found through the public `optimizer.variables`: Keras names the slot of weight `w` for slot
+    `s` `f"{w.path.replace('/', '_')}_{s}"` (Optimizer.add_variable_from_reference)."""
     opt = model.optimizer
     if not opt.built:
         opt.build(model.trainable_variables)
-    index = {id(v): j for j, v in enumerate(model.trainable_variables)}
+    by_name = {v.name: v for v in opt.variables}
     out: dict[str, keras.Variable] = {"opt/iteration": opt.iterations}
-    for slot, attr in (("momentum", "_momentums"), ("velocity", "_velocities")):
-        found = getattr(opt, attr, None)
-        if not found:
-            continue
-        for var, slot_var in zip(model.trainable_variables, found, strict=True):
-            out[f"opt/{slot}/{index[id(var)]}"] = slot_var
+    for j, weight in enumerate(model.trainable_variables):
+        for slot in SLOTS:
+            found = by_name.get(f"{weight.path.replace('/', '_')}_{slot}")
+            if found is not None:
+                out[f"opt/{slot}/{j}"] = found
+    kept = {id(v) for v in out.values()}
+    missed = [v.path for v in opt.variables if id(v) not in kept and v.name not in UNSAVED]
+    if missed:  # a Keras that names slots otherwise: resuming without them would train differently
+        raise RuntimeError(f"optimizer state not in the checkpoint: {', '.join(missed)}")
     return out
 
 
