@@ -9,6 +9,7 @@ metric) still gets a generic entry from `describe()`, so it can be drawn too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ class MetricInfo:
     curve: bool  # drawn as a curve over epochs on the sweep and run pages
     format: Format
     higher_is_better: bool | None  # None: neither (a time, a learning rate)
+    short: str  # a table column's title
 
 
 LOSS = "loss"
@@ -31,12 +33,13 @@ VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
 EPOCH_SECONDS = "epoch_seconds"
 
+# The order here is the order of charts and legends on every page.
 CATALOGUE: tuple[MetricInfo, ...] = (
-    MetricInfo(LOSS, "training loss", "loss", True, "number", False),
-    MetricInfo(VAL_LOSS, "validation loss", "loss", True, "number", False),
-    MetricInfo(ACCURACY, "training accuracy", "accuracy", True, "percent", True),
-    MetricInfo(VAL_ACCURACY, "validation accuracy", "accuracy", True, "percent", True),
-    MetricInfo(EPOCH_SECONDS, "seconds per epoch", "seconds", False, "seconds", None),
+    MetricInfo(LOSS, "training loss", "loss", True, "number", False, "train loss"),
+    MetricInfo(VAL_LOSS, "validation loss", "loss", True, "number", False, "val loss"),
+    MetricInfo(ACCURACY, "training accuracy", "accuracy", True, "percent", True, "train acc"),
+    MetricInfo(VAL_ACCURACY, "validation accuracy", "accuracy", True, "percent", True, "val acc"),
+    MetricInfo(EPOCH_SECONDS, "seconds per epoch", "seconds", False, "seconds", None, "s/epoch"),
 )
 BY_KEY: dict[str, MetricInfo] = {m.key: m for m in CATALOGUE}
 
@@ -60,9 +63,22 @@ def describe(key: str) -> MetricInfo:
     elif "acc" in lowered or "auc" in lowered or "precision" in lowered or "recall" in lowered:
         better = True
     axis = "loss" if better is False else "accuracy" if better else key
-    return MetricInfo(key, key.replace("_", " "), axis, True, "number", better)
+    return MetricInfo(key, key.replace("_", " "), axis, True, "number", better, key)
 
 
-def catalogue_json() -> list[dict[str, Any]]:
-    """The catalogue as the pages read it."""
-    return [asdict(m) for m in CATALOGUE]
+def ordered(keys: Iterable[str]) -> list[str]:
+    """KEYS without repeats in the catalogue's order, keys it does not list after them by name."""
+    position = {m.key: i for i, m in enumerate(CATALOGUE)}
+    return sorted(set(keys), key=lambda k: (position.get(k, len(position)), k))
+
+
+def curve_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of KEYS drawn as curves, in page order."""
+    return [k for k in ordered(keys) if describe(k).curve]
+
+
+def catalogue_json(extra: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The catalogue as the pages read it, with a generic entry for each key of EXTRA it lacks
+    (the keys some run of the page reports), so a page never guesses a key's title or axis."""
+    known = [asdict(m) for m in CATALOGUE]
+    return known + [asdict(describe(k)) for k in ordered(extra) if k not in BY_KEY]

@@ -42,14 +42,16 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class RunStatus(enum.StrEnum):
+    """The only place a status is spelled; app/statuses.py says how each one is shown."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # stopped early by an adaptive sweep (final; migration 0003 allows it)
 
 
-FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 class RunSource(enum.StrEnum):
     """Who trains a run: sweeplab's workers (claimed from the queue) or a client of the external-run API."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
@@ -13,10 +14,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2.utils import htmlsafe_json_dumps
 
+from app import metrics, statuses
 from app.api.deps import EngineDep
+from app.config_names import axis_groups, config_name
 from app.datasets import CLASS_NAMES
 from app.models import RunStatus
-from app.services import charts, dataset_views, results, studies
+from app.services import charts, dataset_views, metric_keys, results, studies
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
 from app.services.charts import parse_ids
@@ -36,9 +39,21 @@ AUTO_REPLICATES = 120  # up to this many runs a sweep page loads every replicate
 RUN_ROWS = 200  # a bigger sweep's runs table is loaded when opened
 
 
-def _render(request: Request, name: str, **context: object) -> HTMLResponse:
+def vocabulary(keys: Sequence[str] = ()) -> dict[str, Any]:
+    """What every page reads instead of spelling metric keys and statuses: the metric catalogue
+    (with an entry for each of KEYS, the keys this page's runs report), the primary and final
+    metrics, and the status catalogue in progress-bar order."""
+    return {"metrics": metrics.catalogue_json(keys), "primary": metrics.PRIMARY_KEY,
+            "finals": list(metrics.FINAL_KEYS), "statuses": statuses.catalogue_json()}
+
+
+def _render(request: Request, name: str, keys: Sequence[str] = (), **context: object) -> HTMLResponse:
     settings = request.app.state.settings
     context["token_required"] = settings.api_token is not None
+    context["vocabulary"] = vocabulary(keys)
+    context["primary"] = metrics.describe(metrics.PRIMARY_KEY)
+    context["can_cancel"], context["can_retry"] = statuses.can_cancel, statuses.can_retry
+    context["status_label"] = statuses.label
     return request.app.state.templates.TemplateResponse(request, name, context)
 
 
@@ -63,7 +78,7 @@ def index_page(request: Request, engine: EngineDep, study: str | None = None,
     sweeps = sweep_service.list_sweeps(engine, study or None, status.value if status else None)
     return _render(request, "index.html", sweeps=sweeps, best=results.best_configs(engine, [s.id for s in sweeps]),
                    studies=studies.list_studies(engine), study=study or "",
-                   status=status.value if status else "", statuses=[s.value for s in RunStatus])
+                   status=status.value if status else "")
 
 
 @router.get("/sweeps/new", response_class=HTMLResponse)
@@ -87,9 +102,12 @@ def new_sweep_page(request: Request, engine: EngineDep, copy: int | None = Query
 def sweep_page(sweep_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
     sweep = sweep_service.read_sweep(engine, sweep_id)
     runs = run_service.list_runs(engine, sweep_id) if sweep.runs <= RUN_ROWS else None
-    config_ids = [c["id"] for c in charts.sweep_configs(engine, sweep_id)]
-    return _render(request, "sweep.html", sweep=sweep, runs=runs, config_ids=config_ids,
-                   auto_replicates=sweep.runs <= AUTO_REPLICATES)
+    keys = metric_keys.sweep_keys(engine, sweep_id)
+    configs = [{"id": c["id"], "name": config_name(sweep.name, c["label"], within_sweep=True),
+                "groups": axis_groups(c["params"])} for c in charts.sweep_configs(engine, sweep_id)]
+    data = {"id": sweep.id, "runs": sweep.runs, "auto_replicates": sweep.runs <= AUTO_REPLICATES,
+            "runs_rendered": runs is not None, "configs": configs, "keys": metrics.curve_keys(keys)}
+    return _render(request, "sweep.html", keys, sweep=sweep, runs=runs, data=data)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -97,18 +115,25 @@ def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
     run = run_service.read_run(engine, run_id)
     sweep = sweep_service.read_sweep(engine, run.sweep_id)
     dataset = run.config.get("dataset", sweep.dataset)
-    return _render(request, "run.html", run=run, sweep=sweep, dataset=dataset,
-                   class_names=CLASS_NAMES.get(dataset, [str(i) for i in range(10)]),
-                   artifacts=run_service.list_artifacts(engine, run_id))
+    keys = metric_keys.run_keys(engine, run_id)
+    artifacts = run_service.list_artifacts(engine, run_id)
+    data = {"id": run.id, "sweep_id": run.sweep_id, "dataset": dataset, "status": run.status,
+            "class_names": CLASS_NAMES.get(dataset, [str(i) for i in range(10)]), "epochs": run.epochs,
+            "artifacts": [a.name for a in artifacts]}
+    return _render(request, "run.html", keys, run=run, sweep=sweep, artifacts=artifacts, data=data,
+                   final=statuses.is_final(run.status))
 
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, engine: EngineDep, configs: str = "") -> HTMLResponse:
     """Overlay configs from any sweeps and test their difference; `?configs=3,7`."""
     chosen = parse_ids(configs) if configs.strip() else []
-    if chosen:
-        charts.config_infos(engine, config_ids=chosen)  # unknown ids answer 404 here, not in the charts
-    return _render(request, "compare.html", chosen=chosen, picker=charts.recent_configs(engine))
+    # unknown ids answer 404 here, not in the charts
+    infos = charts.config_infos(engine, config_ids=chosen) if chosen else []
+    keys = metric_keys.config_keys(engine, chosen)
+    data = {"configs": chosen, "keys": metrics.curve_keys(keys),
+            "names": {str(c["id"]): config_name(c["sweep_name"], c["label"]) for c in infos}}
+    return _render(request, "compare.html", keys, chosen=chosen, picker=charts.recent_configs(engine), data=data)
 
 
 @router.get("/datasets/{name}", response_class=HTMLResponse)

@@ -1,15 +1,9 @@
 // Replicate bands: per config the mean curve (bold), its spread (std or min-max band) and, when
-// loaded, every replicate's own curve (thin), for loss / accuracy, training and validation.
-import { PLOT_CONFIG, chartText, fade, layout } from "/static/common.js";
+// loaded, every replicate's own curve (thin), one chart per metric key the runs report.
+import { PLOT_CONFIG, chartText, clearEmpty, el, fade, layout, metric, orderKeys, showEmpty } from "/static/common.js";
 
-export const CURVES = [
-  { key: "loss", title: "training loss", y: "loss" },
-  { key: "val_loss", title: "validation loss", y: "loss" },
-  { key: "accuracy", title: "training accuracy", y: "accuracy" },
-  { key: "val_accuracy", title: "validation accuracy", y: "accuracy" },
-];
-export const CURVE_KEYS = CURVES.map((c) => c.key);
 export const MAX_SHOWN = 10; // configs drawn at first; more cost more to draw
+export const keysQuery = (keys) => keys.map((k) => `keys=${encodeURIComponent(k)}`).join("&");
 
 // The band as one closed shape: along the upper bound, back along the lower one.
 function band(col, mode) {
@@ -55,22 +49,56 @@ export function curveTraces(key, configs, agg, reps, mode) {
   return traces;
 }
 
-export function drawCurves(prefix, configs, agg, reps, mode) {
-  return Promise.all(CURVES.map((curve) => Plotly.react(`${prefix}-${curve.key}`,
-    curveTraces(curve.key, configs, agg, reps, mode),
-    layout(curve.title, "epoch", curve.y, { legend: { itemclick: "toggle", itemdoubleclick: "toggleothers" } }),
-    PLOT_CONFIG)));
+// One chart box per key, in catalogue order, inside #PREFIX-charts (boxes of keys no longer drawn go).
+function chartBoxes(prefix, keys) {
+  const holder = document.getElementById(`${prefix}-charts`);
+  holder.querySelector(":scope > .empty")?.remove();
+  const boxes = keys.map((key) => {
+    const id = `${prefix}-${key}`;
+    return document.getElementById(id) ?? el("div", { id, class: "chart", "data-key": key });
+  });
+  for (const old of holder.querySelectorAll(":scope > .chart[data-key]")) if (!boxes.includes(old)) old.remove();
+  boxes.forEach((box, i) => { if (holder.children[i] !== box) holder.insertBefore(box, holder.children[i] ?? null); });
+  return boxes;
 }
 
-// Appends streamed points to the loaded replicates (an epoch seen before is skipped).
-export function addPoints(reps, points) {
+// Draws KEYS' charts, or says what they wait for (EMPTY) while there is nothing to draw.
+export function drawCurves(prefix, keys, configs, agg, reps, mode, empty) {
+  const holder = document.getElementById(`${prefix}-charts`);
+  if (!keys.length) {
+    chartBoxes(prefix, []);
+    let box = holder.querySelector(":scope > .empty");
+    if (!box) holder.append(box = el("div", { class: "chart empty", id: `${prefix}-empty` }));
+    showEmpty(box, empty);
+    return Promise.resolve();
+  }
+  const boxes = chartBoxes(prefix, orderKeys(keys));
+  return Promise.all(boxes.map((box) => {
+    const m = metric(box.dataset.key);
+    clearEmpty(box);
+    return Plotly.react(box, curveTraces(m.key, configs, agg, reps, mode),
+      layout(m.title, "epoch", m.axis, { legend: { itemclick: "toggle", itemdoubleclick: "toggleothers" } }), PLOT_CONFIG);
+  }));
+}
+
+// The curve keys with at least one point in AGG (per config, per key columns).
+export function keysWithData(agg) {
+  const keys = new Set();
+  for (const byKey of Object.values(agg)) {
+    for (const [key, col] of Object.entries(byKey)) if (col.epochs.length && metric(key).curve) keys.add(key);
+  }
+  return orderKeys(keys);
+}
+
+// Appends streamed points of the drawn KEYS to the loaded replicates (an epoch seen before is skipped).
+export function addPoints(reps, points, keys) {
   const byRun = new Map();
   for (const runs of reps.values()) for (const run of runs) byRun.set(run.run_id, run);
   let added = 0;
   for (const p of points) {
     const run = byRun.get(p.run_id);
-    const s = run?.series[p.key];
-    if (!s) continue;
+    if (!run || !keys.includes(p.key)) continue;
+    const s = (run.series[p.key] ||= { epochs: [], values: [] });
     const last = s.epochs.length ? s.epochs[s.epochs.length - 1] : -1;
     if (p.epoch <= last) continue;
     s.epochs.push(p.epoch); s.values.push(p.value);

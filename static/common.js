@@ -4,7 +4,29 @@ export const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "
   "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"];
 export const colourFor = (index) => PALETTE[index % PALETTE.length];
 export const PLOT_CONFIG = { responsive: true, displaylogo: false };
-export const STATUSES = ["succeeded", "running", "failed", "cancelled", "queued"];
+
+// The vocabulary the server puts on every page (app/pages.py, from app/metrics.py and app/statuses.py):
+// no page spells a metric key, its title or a status itself.
+const VOCABULARY = JSON.parse(document.getElementById("sweeplab-vocabulary").textContent);
+const METRICS = new Map(VOCABULARY.metrics.map((m) => [m.key, m]));
+const METRIC_ORDER = new Map(VOCABULARY.metrics.map((m, i) => [m.key, i]));
+export const PRIMARY = VOCABULARY.primary; // the metric a sweep is judged by
+export const FINALS = [PRIMARY, ...VOCABULARY.finals.filter((k) => k !== PRIMARY)]; // final metrics, the primary first
+// The page's runs' keys all have entries; a key first seen in a stream gets its name until a reload.
+export const metric = (key) => METRICS.get(key)
+  ?? { key, title: key, short: key, axis: key, curve: true, format: "number", higher_is_better: null };
+export const orderKeys = (keys) => [...new Set(keys)].sort((a, b) =>
+  (METRIC_ORDER.get(a) ?? Infinity) - (METRIC_ORDER.get(b) ?? Infinity) || (a < b ? -1 : a > b ? 1 : 0));
+export const STATUSES = VOCABULARY.statuses; // in progress-bar order
+const STATUS = new Map(STATUSES.map((s) => [s.value, s]));
+export const statusInfo = (value) => STATUS.get(value) ?? { value, label: value, final: false, waiting: "" };
+export const statusLabel = (value) => statusInfo(value).label;
+export const isFinal = (value) => STATUS.get(value)?.final ?? false;
+export const canCancel = (counts) => STATUSES.some((s) => !s.final && counts[s.value]);
+export const canRetry = (counts) => STATUSES.some((s) => s.retryable && counts[s.value]);
+export const doneCount = (counts) => STATUSES.filter((s) => s.done).reduce((n, s) => n + (counts[s.value] || 0), 0);
+// A value as its metric's format wants it (accuracies are fractions shown as percent).
+export const formatValue = (key, v, digits = 2) => (metric(key).format === "percent" ? pct(v, digits) : num(v, digits + 1));
 
 export function fade(hex, alpha) {
   const n = parseInt(hex.slice(1), 16);
@@ -147,20 +169,51 @@ export function openStream(urlFor, handlers) {
   return { close };
 }
 
-export function statusCounts(statuses) {
-  const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
-  for (const s of statuses) counts[s] = (counts[s] || 0) + 1;
-  return counts;
+// The one progress-bar renderer: fills a .progress element with one bar per status (in the
+// catalogue's order) and returns its one-line summary, e.g. "3/10 succeeded, 2 running, 5 queued".
+export function drawProgress(bar, counts, total) {
+  bar.replaceChildren(...STATUSES.filter((s) => counts[s.value]).map((s) =>
+    el("span", { class: `bar ${s.value}`, style: `width: ${(100 * counts[s.value] / Math.max(1, total)).toFixed(2)}%` })));
+  bar.title = STATUSES.map((s) => `${counts[s.value] || 0} ${s.label}`).join(", ");
+  const done = STATUSES.filter((s) => s.done).map((s) => s.label).join(" or ");
+  const parts = [`${doneCount(counts)}/${total} ${done}`];
+  for (const s of STATUSES) if (!s.done && counts[s.value]) parts.push(`${counts[s.value]} ${s.label}`);
+  return parts.join(", ");
 }
 
-// Fills a .progress element with one bar per status and returns a one-line summary.
-export function drawProgress(bar, counts, total) {
-  bar.replaceChildren(...STATUSES.filter((s) => counts[s]).map((s) =>
-    el("span", { class: `bar ${s}`, style: `width: ${(100 * counts[s] / Math.max(1, total)).toFixed(2)}%` })));
-  bar.title = STATUSES.map((s) => `${counts[s] || 0} ${s}`).join(", ");
-  const parts = [`${counts.succeeded || 0}/${total} succeeded`];
-  for (const s of ["running", "queued", "failed", "cancelled"]) if (counts[s]) parts.push(`${counts[s]} ${s}`);
-  return parts.join(", ");
+// What a chart with nothing to draw yet says instead of empty axes, from the runs' status counts:
+// "80 runs queued, waiting for a worker." A chart of results (finals) says "No run has succeeded
+// yet: 2 runs running, 78 queued." instead.
+export function waitingText(counts, { finals = false } = {}) {
+  const active = STATUSES.filter((s) => !s.final && counts[s.value]);
+  const ended = STATUSES.filter((s) => s.final && counts[s.value]);
+  const list = (group) => group.map((s, i) => {
+    const n = counts[s.value];
+    return `${n}${i ? "" : ` run${n === 1 ? "" : "s"}`} ${s.label}`;
+  }).join(", ");
+  const done = STATUSES.filter((s) => s.done).map((s) => s.label).join(" or ");
+  const head = finals ? `No run has ${done} yet: ` : "";
+  if (!active.length) return ended.length ? `${head || "No epochs: "}${list(ended)}.` : "No runs.";
+  return `${head}${list(active)}${finals ? "" : `, ${active[0].waiting}`}.`;
+}
+
+// Shows TEXT in a chart's box instead of its plot, or takes the text away before a plot is drawn.
+export function showEmpty(holder, text) {
+  if (window.Plotly && holder.classList.contains("js-plotly-plot")) Plotly.purge(holder);
+  holder.classList.add("empty");
+  if (holder.textContent !== text) holder.textContent = text;
+}
+export function clearEmpty(holder) {
+  if (!holder.classList.contains("empty")) return;
+  holder.classList.remove("empty");
+  holder.textContent = "";
+}
+
+// Every progress bar the server rendered carries its counts; they are drawn here, as every update is.
+for (const bar of document.querySelectorAll(".progress[data-counts]")) {
+  const text = drawProgress(bar, JSON.parse(bar.dataset.counts), Number(bar.dataset.total));
+  const summary = bar.parentElement.querySelector(".progress-text");
+  if (summary) summary.textContent = text;
 }
 
 export function markReady() {

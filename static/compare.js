@@ -1,15 +1,25 @@
 // Compare page: configs from any sweeps overlaid (replicate bands), their final accuracy per
 // replicate, and Welch's test of each against the first, in words. Refreshes while runs train.
-import { CURVE_KEYS, drawCurves } from "/static/bands.js";
-import { PLOT_CONFIG, api, chartText, colourFor, el, layout, markReady, plotlyReady } from "/static/common.js";
+import { drawCurves, keysQuery, keysWithData } from "/static/bands.js";
+import {
+  PLOT_CONFIG, api, canCancel, chartText, clearEmpty, colourFor, el, layout, markReady, metric, orderKeys, plotlyReady,
+  showEmpty, waitingText,
+} from "/static/common.js";
 import { drawConfigTable } from "/static/table.js";
 
-const { configs: chosen } = JSON.parse(document.getElementById("compare-data").textContent);
-const keysQuery = CURVE_KEYS.map((k) => `keys=${k}`).join("&");
+// The server names the configs and lists the curve keys their runs report (app/pages.py); with none
+// yet, the aggregates answer the catalogue's curve keys, drawn once they have points.
+const { configs: chosen, names, keys: pageKeys } = JSON.parse(document.getElementById("compare-data").textContent);
+const keys = keysQuery(pageKeys);
 const state = { agg: null, cmp: null, reps: new Map(), band: "std" };
 const colourOf = (id) => colourFor(chosen.indexOf(id));
-const nameOf = (c) => (c.label === "base" ? c.sweep_name : `${c.sweep_name} · ${c.label}`);
-const chartName = (c) => chartText(nameOf(c)); // as a trace name and category of the final-accuracy charts
+const nameOf = (c) => names[String(c.id)] ?? String(c.id);
+const chartName = (c) => chartText(nameOf(c)); // as a trace name and category of the final-value charts
+const countsOf = (rows) => {
+  const counts = {};
+  for (const r of rows) for (const [s, n] of Object.entries(r.status_counts)) counts[s] = (counts[s] || 0) + n;
+  return counts;
+};
 
 // The picker keeps the text box and the checkboxes in step.
 const input = document.getElementById("configs-input");
@@ -24,7 +34,7 @@ for (const box of document.querySelectorAll("input.pick")) {
 async function load() {
   const ids = chosen.join(",");
   [state.agg, state.cmp] = await Promise.all([
-    api(`/api/configs/aggregates?ids=${ids}&${keysQuery}`), api(`/api/compare?configs=${ids}`)]);
+    api(`/api/configs/aggregates?ids=${ids}&${keys}`), api(`/api/compare?configs=${ids}`)]);
 }
 
 function drawVerdicts() {
@@ -41,8 +51,15 @@ function drawVerdicts() {
   }, c.sentence)));
 }
 
-function drawFinal(holder, key, title) {
+function drawFinal(holder) {
+  const key = holder.dataset.key;
   const rows = state.cmp.configs;
+  if (!rows.some((r) => r.final[key].values.length)) {
+    showEmpty(holder, waitingText(countsOf(rows), { finals: true }));
+    return Promise.resolve();
+  }
+  clearEmpty(holder);
+  const title = `final ${metric(key).title} per replicate`;
   const names = rows.map(chartName);
   const traces = rows.map((r, i) => ({
     type: "box", name: names[i], x: r.final[key].values.map(() => names[i]), y: r.final[key].values,
@@ -60,7 +77,7 @@ function drawFinal(holder, key, title) {
       arrayminus: have.map((r) => r.final[key].mean - (r.final[key].ci_low ?? r.final[key].mean)) },
     hovertemplate: "mean %{y:.4f}<extra>mean ± 95% CI</extra>",
   });
-  return Plotly.react(holder, traces, layout(title, "config", key === "accuracy" ? "training accuracy" : "validation accuracy",
+  return Plotly.react(holder, traces, layout(title, "config", metric(key).title,
     { xaxis: { type: "category", automargin: true }, legendTitle: "config" }), PLOT_CONFIG);
 }
 
@@ -70,17 +87,17 @@ function draw() {
   drawConfigTable(document.getElementById("config-table"), { axes: [], configs: state.cmp.configs }, {
     colourOf, nameOf, linkOf: (r) => `/sweeps/${r.sweep_id}`, selected: new Set(), showCurves: false, onSelect: () => {},
   });
+  const drawnKeys = orderKeys([...pageKeys, ...keysWithData(state.agg.series)]);
   return Promise.all([
-    drawCurves("compare", configs, state.agg.series, state.reps, state.band),
-    drawFinal("compare-final", "val_accuracy", "final validation accuracy per replicate"),
-    drawFinal("compare-final-train", "accuracy", "final training accuracy per replicate"),
+    drawCurves("compare", drawnKeys, configs, state.agg.series, state.reps, state.band, waitingText(countsOf(state.cmp.configs))),
+    ...[...document.querySelectorAll("#compare-finals .chart[data-key]")].map(drawFinal),
   ]);
 }
 
 async function loadReplicates(on) {
   state.reps = new Map();
   if (!on) return;
-  const all = await Promise.all(chosen.map((id) => api(`/api/configs/${id}/series?${keysQuery}`)));
+  const all = await Promise.all(chosen.map((id) => api(`/api/configs/${id}/series?${keys}`)));
   chosen.forEach((id, i) => state.reps.set(id, all[i].runs));
 }
 
@@ -97,7 +114,7 @@ async function main() {
     await draw();
   });
   // While any of the configs still trains, refresh every few seconds.
-  const training = () => state.cmp.configs.some((r) => r.status_counts.running || r.status_counts.queued);
+  const training = () => canCancel(countsOf(state.cmp.configs));
   const tick = async () => {
     if (!document.hidden && training()) {
       await load();

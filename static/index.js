@@ -1,14 +1,14 @@
 // Sweeps list: cancel / retry buttons, the one-click MNIST study, and progress bars that follow
 // the runs while any sweep on the page is active.
-import { api, drawProgress, post } from "/static/common.js";
+import { api, canCancel, canRetry, drawProgress, post } from "/static/common.js";
 
 function showSweep(sweep) {
   const row = document.querySelector(`#sweep-table tr[data-sweep-id="${sweep.id}"]`);
   if (!row) return;
   const c = sweep.status_counts;
   row.querySelector(".progress-text").textContent = drawProgress(row.querySelector(".progress"), c, sweep.runs);
-  row.querySelector(".cancel-sweep").hidden = !(c.queued || c.running);
-  row.querySelector(".retry-sweep").hidden = !(c.failed || c.cancelled);
+  row.querySelector(".cancel-sweep").hidden = !canCancel(c);
+  row.querySelector(".retry-sweep").hidden = !canRetry(c);
 }
 
 for (const button of document.querySelectorAll(".cancel-sweep")) {

@@ -1,31 +1,76 @@
-// Run page: loss and accuracy (training and validation, twin axes), the confusion matrix, and the
-// first test images with the network's outputs before and after training. Live while it trains.
-import { PLOT_CONFIG, api, chartText, markReady, openStream, plotlyReady, post, throttle } from "/static/common.js";
+// Run page: every curve the run reports, by axis (two axis groups per chart, twin y axes: loss and
+// accuracy first), the confusion matrix, and the first test images with the network's outputs before
+// and after training. Live while it trains.
+import {
+  PLOT_CONFIG, api, chartText, clearEmpty, el, isFinal, markReady, metric, openStream, orderKeys, plotlyReady, post,
+  showEmpty, statusInfo, statusLabel, throttle,
+} from "/static/common.js";
 import { imageAxes, imageTrace } from "/static/images.js";
 
 const run = JSON.parse(document.getElementById("run-data").textContent);
-const FINAL = ["succeeded", "failed", "cancelled"];
-const SERIES = [
-  { key: "loss", name: "training loss", axis: "y", color: "#1f77b4", dash: "solid" },
-  { key: "val_loss", name: "validation loss", axis: "y", color: "#1f77b4", dash: "dash" },
-  { key: "accuracy", name: "training accuracy", axis: "y2", color: "#d62728", dash: "solid" },
-  { key: "val_accuracy", name: "validation accuracy", axis: "y2", color: "#d62728", dash: "dash" },
-];
+const SIDES = [{ color: "#1f77b4", axis: "y" }, { color: "#d62728", axis: "y2" }];
+const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
 let series = {};
 
-function drawMetrics() {
-  const traces = SERIES.filter((s) => series[s.key]).map((s) => ({
-    type: "scatter", mode: "lines+markers", name: s.name, yaxis: s.axis, x: series[s.key].epochs, y: series[s.key].values,
-    line: { color: s.color, dash: s.dash, width: 2 }, marker: { size: 5 },
-  }));
-  return Plotly.react("chart-run", traces, {
-    title: { text: "loss and accuracy per epoch", font: { size: 15 } },
-    xaxis: { title: { text: "epoch" } }, yaxis: { title: { text: "loss" }, color: "#1f77b4" },
-    yaxis2: { title: { text: "accuracy" }, overlaying: "y", side: "right", color: "#d62728", range: [0, 1.02],
-      tickmode: "auto", nticks: 6, showgrid: false, zeroline: false },
+// The run's curve keys with points, grouped by the axis they share, in catalogue order.
+function axisGroups() {
+  const groups = new Map();
+  for (const key of orderKeys(Object.keys(series))) {
+    const m = metric(key);
+    if (!m.curve || !series[key].epochs.length) continue;
+    if (!groups.has(m.axis)) groups.set(m.axis, []);
+    groups.get(m.axis).push(key);
+  }
+  return [...groups.entries()].map(([axis, keys]) => ({ axis, keys }));
+}
+
+// Chart I of the metric charts: #chart-run first, more after the confusion matrix.
+function metricChart(i) {
+  if (i === 0) return document.getElementById("chart-run");
+  const id = `chart-run-${i + 1}`;
+  let box = document.getElementById(id);
+  if (!box) document.getElementById("run-charts").append(box = el("div", { id, class: "chart" }));
+  return box;
+}
+
+const waiting = () => {
+  const s = statusInfo(run.status);
+  return s.final ? `No epochs: the run ${s.label} before its first one.` : `This run is ${s.label}, ${s.waiting}.`;
+};
+
+function drawPair(holder, pair) {
+  const traces = [], lay = {};
+  pair.forEach((group, side) => {
+    const { color, axis } = SIDES[side];
+    group.keys.forEach((key, i) => traces.push({
+      type: "scatter", mode: "lines+markers", name: chartText(metric(key).title), yaxis: axis,
+      x: series[key].epochs, y: series[key].values, line: { color, dash: DASHES[i % DASHES.length], width: 2 },
+      marker: { size: 5 },
+    }));
+    const percent = group.keys.every((k) => metric(k).format === "percent");
+    lay[side ? "yaxis2" : "yaxis"] = {
+      title: { text: chartText(group.axis) }, color, ...(percent ? { range: [0, 1.02] } : {}),
+      ...(side ? { overlaying: "y", side: "right", tickmode: "auto", nticks: 6, showgrid: false, zeroline: false } : {}),
+    };
+  });
+  clearEmpty(holder);
+  return Plotly.react(holder, traces, {
+    title: { text: chartText(`${pair.map((g) => g.axis).join(" and ")} per epoch`), font: { size: 15 } },
+    xaxis: { title: { text: "epoch" } }, ...lay,
     legend: { title: { text: "series" }, orientation: "h", y: -0.2 }, margin: { t: 44, r: 60, b: 40, l: 64 },
     uirevision: "keep",
   }, PLOT_CONFIG);
+}
+
+function drawMetrics() {
+  const groups = axisGroups();
+  if (!groups.length) {
+    showEmpty(metricChart(0), waiting());
+    return Promise.resolve();
+  }
+  const pairs = [];
+  for (let i = 0; i < groups.length; i += 2) pairs.push(groups.slice(i, i + 2));
+  return Promise.all(pairs.map((pair, i) => drawPair(metricChart(i), pair)));
 }
 
 async function drawConfusion() {
@@ -112,25 +157,32 @@ async function main() {
   cancel?.addEventListener("click", async () => {
     if (!confirm("Cancel this run?")) return;
     const answer = await post(cancel, `/api/runs/${run.id}/cancel`);
-    document.getElementById("run-status").textContent = answer.status + (answer.cancel_requested && answer.status === "running" ? " (cancel requested)" : "");
-    if (FINAL.includes(answer.status)) cancel.remove();
+    document.getElementById("run-status").textContent = statusLabel(answer.status)
+      + (answer.cancel_requested && !isFinal(answer.status) ? " (cancel requested)" : "");
+    if (isFinal(answer.status)) cancel.remove();
   });
-  if (FINAL.includes(run.status)) return;
+  if (isFinal(run.status)) return;
   const redraw = throttle(drawMetrics, 150);
   openStream((cursor) => `/api/sweeps/${run.sweep_id}/stream?run=${run.id}&cursor=${cursor ?? 0}`, {
     epochs: ({ points }) => {
+      const counter = document.getElementById("run-epoch");
       for (const p of points) {
         const s = (series[p.key] ||= { epochs: [], values: [] });
         if (s.epochs.length && s.epochs[s.epochs.length - 1] >= p.epoch) continue;
         s.epochs.push(p.epoch); s.values.push(p.value);
-        if (p.key === "loss") document.getElementById("run-epoch").textContent = p.epoch;
+        if (p.epoch > Number(counter.textContent)) counter.textContent = p.epoch;
       }
       redraw();
     },
     status: (statuses) => {
       const status = statuses[String(run.id)];
-      if (status && status !== run.status && FINAL.includes(status)) location.reload();
-      if (status) document.getElementById("run-status").textContent = status;
+      if (status && status !== run.status && isFinal(status)) location.reload();
+      if (!status) return;
+      const shown = document.getElementById("run-status");
+      shown.textContent = statusLabel(status);
+      shown.className = `status ${status}`;
+      run.status = status;
+      redraw(); // a chart still waiting says what for
     },
   });
 }

@@ -1,26 +1,31 @@
 // Sweep page: replicate bands per config, final accuracy against the swept setting, the table of
 // configs and the runs, all following the server's event stream (aggregates re-read on new epochs).
-import { CURVE_KEYS, MAX_SHOWN, addPoints, drawCurves } from "/static/bands.js";
+import { MAX_SHOWN, addPoints, drawCurves, keysQuery } from "/static/bands.js";
 import {
-  PLOT_CONFIG, api, chartText, colourFor, drawProgress, el, layout, markReady, openStream, plotlyReady, post, throttle,
+  FINALS, PLOT_CONFIG, api, canCancel, canRetry, chartText, clearEmpty, colourFor, drawProgress, el, isFinal, layout,
+  markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, statusLabel, throttle, waitingText,
 } from "/static/common.js";
 import { drawConfigTable } from "/static/table.js";
 
+// The server names the configs and lists the curve keys the sweep's runs report (app/pages.py).
 const meta = JSON.parse(document.getElementById("sweep-data").textContent);
-const keysQuery = CURVE_KEYS.map((k) => `keys=${k}`).join("&");
+const configIds = meta.configs.map((c) => c.id);
+const configMeta = new Map(meta.configs.map((c) => [c.id, c]));
+const nameOf = (configId) => configMeta.get(configId)?.name ?? String(configId);
 const state = {
   agg: null, table: null, reps: new Map(), band: "std", axis: 0, selected: new Set(), loading: new Set(),
-  statuses: null, lastEpoch: new Map(), dirty: new Set(), shown: null,
+  statuses: null, lastEpoch: new Map(), dirty: new Set(), shown: null, keys: meta.keys, counts: {},
 };
+const keys = () => keysQuery(state.keys);
 
 // The configs drawn in the replicate charts: the first few, or those ticked in the table.
 const configsForCharts = () => state.agg.configs.filter((c) => state.shown.has(c.id)).map((c, i) => ({
-  id: c.id, name: c.label === "base" ? c.sweep_name : c.label, colour: colourFor(c.position), index: i,
+  id: c.id, name: nameOf(c.id), colour: colourFor(c.position), index: i,
 }));
 
 function showShownHint() {
   const hint = document.getElementById("shown-hint");
-  const n = meta.configs.length;
+  const n = configIds.length;
   hint.hidden = n <= MAX_SHOWN && state.shown.size === n;
   hint.textContent = `Showing ${state.shown.size} of ${n} configs: tick “chart” in the table below to choose which.`;
 }
@@ -28,13 +33,13 @@ const colourOf = (configId) => colourFor(state.agg.configs.find((c) => c.id === 
 
 // The curves of the configs drawn (the first few at first); others load when ticked in the table.
 async function loadAggregates() {
-  const ids = state.shown ? [...state.shown] : meta.configs.slice(0, MAX_SHOWN);
-  state.agg = await api(`/api/sweeps/${meta.id}/aggregates?configs=${ids.join(",")}&${keysQuery}`);
+  const ids = state.shown ? [...state.shown] : configIds.slice(0, MAX_SHOWN);
+  state.agg = await api(`/api/sweeps/${meta.id}/aggregates?configs=${ids.join(",")}&${keys()}`);
 }
 async function loadMissingAggregates() {
   const missing = [...state.shown].filter((id) => !state.agg.series[String(id)]);
   if (!missing.length) return;
-  const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${missing.join(",")}&${keysQuery}`);
+  const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${missing.join(",")}&${keys()}`);
   Object.assign(state.agg.series, part.series);
   state.agg.configs = [...state.agg.configs, ...part.configs].sort((a, b) => a.position - b.position);
 }
@@ -43,7 +48,7 @@ async function updateAggregates() {
   const ids = [...state.dirty].filter((id) => state.shown.has(id));
   state.dirty.clear();
   if (!ids.length) return;
-  const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${ids.join(",")}&${keysQuery}`);
+  const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${ids.join(",")}&${keys()}`);
   Object.assign(state.agg.series, part.series);
   state.agg.cursor = Math.max(state.agg.cursor, part.cursor);
 }
@@ -52,7 +57,7 @@ async function loadTable() {
   showCounts(state.table);
 }
 async function loadAllReplicates() {
-  const data = await api(`/api/sweeps/${meta.id}/series?${keysQuery}`);
+  const data = await api(`/api/sweeps/${meta.id}/series?${keys()}`);
   state.reps = new Map();
   for (const run of data.runs) {
     if (!state.reps.has(run.config_id)) state.reps.set(run.config_id, []);
@@ -61,20 +66,29 @@ async function loadAllReplicates() {
   return data.cursor;
 }
 async function loadConfigReplicates(configId) {
-  const data = await api(`/api/configs/${configId}/series?${keysQuery}`);
+  const data = await api(`/api/configs/${configId}/series?${keys()}`);
   state.reps.set(configId, data.runs);
 }
 
-const drawReplicates = () => drawCurves("curve", configsForCharts(), state.agg.series, state.reps, state.band);
+const drawReplicates = () => drawCurves("curve", state.keys, configsForCharts(), state.agg.series, state.reps, state.band,
+  waitingText(state.counts));
 
-// ---- the sweep chart: final and best accuracy against the swept value ----
-const METRICS = [
-  { key: "val_accuracy", name: "validation", line: "#111827", dash: "solid", symbol: "circle" },
-  { key: "accuracy", name: "training", line: "#9ca3af", dash: "dot", symbol: "diamond" },
-];
+// A key the stream brings that the page has no chart for yet (the sweep's first epochs, or a key an
+// external run starts to log): it gets its chart, and the drawn configs' curves are read again with it.
+async function addKeys(points) {
+  const fresh = points.map((p) => p.key).filter((k) => !state.keys.includes(k) && metric(k).curve);
+  state.keys = orderKeys([...state.keys, ...fresh]);
+  await loadAggregates();
+  if (document.getElementById("show-replicates").checked) await loadAllReplicates();
+  else await Promise.all([...state.reps.keys()].map(loadConfigReplicates));
+  await drawReplicates();
+}
+
+// ---- the sweep chart: final and best values of the final metrics against the swept value ----
+const LINES = [{ line: "#111827", dash: "solid", symbol: "circle" }, { line: "#9ca3af", dash: "dot", symbol: "diamond" }];
+const FINAL_LINES = FINALS.map((key, i) => ({ key, name: metric(key).title, ...LINES[i % LINES.length] }));
 const GROUP_LINES = ["#111827", "#b45309", "#0f766e", "#7c3aed", "#be123c", "#4b5563"];
 const sameValue = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-const shortPath = (p) => ({ "model.hidden": "hidden", "optimizer.learning_rate": "lr", "optimizer.name": "optimizer" }[p] || p.split(".").pop());
 
 // Tick labels and titles as Plotly shows them (see chartText); the box traces' x values match.
 function xAxisFor(axis) {
@@ -90,11 +104,11 @@ function xAxisFor(axis) {
 function sweepTraces(which, axis, others) {
   const rows = state.table.configs;
   const pos = (row) => axis.values.findIndex((v) => sameValue(v, row.params[axis.path]));
-  const groupOf = (row) => others.map((a) => `${shortPath(a.path)}=${JSON.stringify(row.params[a.path])}`).join(" · ");
+  const groupOf = (row) => (others.length ? configMeta.get(row.id)?.groups[axis.path] ?? "" : "");
   const groups = [...new Set(rows.map(groupOf))];
   const labels = axis.labels.map(chartText);
   const traces = [];
-  for (const m of METRICS) {
+  for (const [mi, m] of FINAL_LINES.entries()) {
     groups.forEach((g, gi) => {
       const mine = rows.filter((r) => groupOf(r) === g).sort((a, b) => pos(a) - pos(b));
       const name = chartText(g ? `${m.name} · ${g}` : m.name);
@@ -103,7 +117,7 @@ function sweepTraces(which, axis, others) {
         for (const r of mine) for (const v of r[which][m.key].values) { x.push(labels[pos(r)]); y.push(v); }
         traces.push({ type: "box", name, x, y, boxpoints: "all", jitter: 0.35, pointpos: 0, boxmean: true,
           marker: { color: gi ? GROUP_LINES[gi % GROUP_LINES.length] : m.line, size: 5 }, line: { width: 1.5 },
-          opacity: m.key === "accuracy" ? 0.55 : 1 });
+          opacity: mi ? 0.55 : 1 });
         return;
       }
       const have = mine.filter((r) => r[which][m.key].mean !== null);
@@ -136,20 +150,28 @@ function drawSweep() {
   }
   const axis = axes[state.axis];
   const others = axes.filter((_, i) => i !== state.axis);
-  const extra = { xaxis: xAxisFor(axis), legendTitle: "accuracy", boxmode: "group" };
+  const holders = ["sweep-final", "sweep-best"].map((id) => document.getElementById(id));
+  if (!state.table.configs.some((r) => FINALS.some((k) => r.final[k]?.values.length))) {
+    const text = waitingText(state.counts, { finals: true });
+    for (const holder of holders) showEmpty(holder, text);
+    return Promise.resolve();
+  }
+  holders.forEach(clearEmpty);
+  const y = metric(FINALS[0]).axis;
+  const extra = { xaxis: xAxisFor(axis), legendTitle: y, boxmode: "group" };
   return Promise.all([
-    Plotly.react("sweep-final", sweepTraces("final", axis, others),
-      layout(`final accuracy vs ${axis.title}`, axis.title, "accuracy at the last epoch", extra), PLOT_CONFIG),
-    Plotly.react("sweep-best", sweepTraces("best", axis, others),
-      layout(`best accuracy vs ${axis.title}`, axis.title, "best accuracy over epochs", extra), PLOT_CONFIG),
+    Plotly.react(holders[0], sweepTraces("final", axis, others),
+      layout(`final ${y} vs ${axis.title}`, axis.title, `${y} at the last epoch`, extra), PLOT_CONFIG),
+    Plotly.react(holders[1], sweepTraces("best", axis, others),
+      layout(`best ${y} vs ${axis.title}`, axis.title, `best ${y} over epochs`, extra), PLOT_CONFIG),
   ]);
 }
 
 // ---- table, runs and status ----
 function drawTable() {
   drawConfigTable(document.getElementById("config-table"), state.table, {
-    colourOf, selected: state.selected, showCurves: !meta.auto_replicates,
-    shown: meta.configs.length > 1 ? state.shown : null,
+    colourOf, nameOf: (r) => nameOf(r.id), selected: state.selected, showCurves: !meta.auto_replicates,
+    shown: configIds.length > 1 ? state.shown : null,
     onShown: async () => { showShownHint(); await loadMissingAggregates(); await drawReplicates(); },
     curvesLoaded: (id) => state.reps.has(id), curvesLoading: (id) => state.loading.has(id),
     onSelect: () => { document.getElementById("compare-selected").disabled = state.selected.size < 1; },
@@ -170,7 +192,7 @@ async function loadRunRows() {
   const runs = await api(`/api/sweeps/${meta.id}/runs`);
   body.replaceChildren(...runs.map((r) => el("tr", { "data-run-id": r.id },
     el("td", {}, el("a", { href: `/runs/${r.id}` }, r.id)), el("td", {}, r.config_label), el("td", {}, r.seed),
-    el("td", {}, el("span", { class: `status ${r.status}` }, r.status)),
+    el("td", {}, el("span", { class: `status ${r.status}`, "data-status": r.status }, statusLabel(r.status))),
     el("td", { class: "epoch" }, `${Math.max(r.last_epoch, 0)}/${r.epochs}`), el("td", {}, `${r.attempt}/${r.max_attempts}`))));
   if (state.statuses) showStatuses(state.statuses);
 }
@@ -180,18 +202,21 @@ function showCounts(table) {
   const counts = {};
   for (const c of table.configs) for (const [s, n] of Object.entries(c.status_counts)) counts[s] = (counts[s] || 0) + n;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  state.counts = counts;
   document.getElementById("sweep-status").textContent = drawProgress(document.getElementById("sweep-progress"), counts, total);
-  document.getElementById("cancel-sweep").disabled = !(counts.queued || counts.running);
-  document.getElementById("retry-sweep").hidden = !(counts.failed || counts.cancelled);
+  document.getElementById("cancel-sweep").disabled = !canCancel(counts);
+  document.getElementById("retry-sweep").hidden = !canRetry(counts);
   const live = document.getElementById("live");
-  live.textContent = counts.queued || counts.running ? "live" : "finished";
-  live.classList.toggle("idle", !(counts.queued || counts.running));
+  live.textContent = canCancel(counts) ? "live" : "finished";
+  live.classList.toggle("idle", !canCancel(counts));
+  const empty = document.getElementById("curve-empty");
+  if (empty) showEmpty(empty, waitingText(counts));
 }
 
 // A run queued again after it ended was retried: its old epochs are gone, new ones start at 0.
 function forgetRetried(runId, status) {
-  const before = state.statuses[runId] ?? document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`)?.textContent;
-  if (status !== "queued" || !["failed", "cancelled"].includes(before)) return;
+  const before = state.statuses[runId] ?? document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`)?.dataset.status;
+  if (!isFinal(before) || isFinal(status)) return;
   state.lastEpoch.delete(Number(runId));
   for (const runs of state.reps.values()) {
     for (const run of runs) if (String(run.run_id) === runId) for (const s of Object.values(run.series)) { s.epochs = []; s.values = []; }
@@ -201,7 +226,9 @@ function forgetRetried(runId, status) {
 function showStatuses(statuses) {
   for (const [runId, status] of Object.entries(statuses)) {
     const cell = document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`);
-    if (cell && cell.textContent !== status) { cell.textContent = status; cell.className = `status ${status}`; }
+    if (cell && cell.dataset.status !== status) {
+      cell.dataset.status = status; cell.textContent = statusLabel(status); cell.className = `status ${status}`;
+    }
   }
 }
 
@@ -243,8 +270,8 @@ function wireControls() {
     const sweep = await post(event.target, `/api/sweeps/${meta.id}/cancel`);
     const counts = sweep.status_counts;
     document.getElementById("sweep-status").textContent = drawProgress(document.getElementById("sweep-progress"), counts, sweep.runs);
-    event.target.disabled = !(counts.queued || counts.running);
-    document.getElementById("retry-sweep").hidden = !(counts.failed || counts.cancelled);
+    event.target.disabled = !canCancel(counts);
+    document.getElementById("retry-sweep").hidden = !canRetry(counts);
     refreshTable();
   });
   const runs = document.getElementById("runs-details");
@@ -264,7 +291,7 @@ async function main() {
   performance.mark("sweeplab-plotly-ready");
   const [, , repCursor] = await loading;
   performance.mark("sweeplab-data-ready");
-  state.shown = new Set(meta.configs.slice(0, MAX_SHOWN));
+  state.shown = new Set(configIds.slice(0, MAX_SHOWN));
   showShownHint();
   await drawReplicates();
   performance.mark("sweeplab-replicates-drawn");
@@ -275,12 +302,15 @@ async function main() {
   drawn(state.agg.cursor);
   markReady();
   const start = Math.min(state.agg.cursor, repCursor ?? state.agg.cursor);
-  openStream((cursor) => `/api/sweeps/${meta.id}/stream?cursor=${cursor ?? start}&${keysQuery}`, {
+  // Every key streams: one the page has no chart for yet gets one (addKeys).
+  openStream((cursor) => `/api/sweeps/${meta.id}/stream?cursor=${cursor ?? start}`, {
     epochs: ({ points }) => {
-      addPoints(state.reps, points);
+      addPoints(state.reps, points, state.keys);
       showEpochs(points);
       for (const p of points) state.dirty.add(p.config_id);
-      if (points.some((p) => state.shown.has(p.config_id))) refreshAggregates();
+      if (points.some((p) => !state.keys.includes(p.key) && metric(p.key).curve)) {
+        addKeys(points).then(() => drawn(state.agg.cursor)).catch((err) => console.warn(err));
+      } else if (points.some((p) => state.shown.has(p.config_id))) refreshAggregates();
     },
     status: (statuses) => { // only the runs that changed since the cursor
       const first = state.statuses === null;

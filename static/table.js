@@ -1,6 +1,6 @@
-// The sortable table of configs: swept values, replicates done, final validation accuracy
-// (mean ± std and 95% CI), best accuracy, epochs to 99% of the final value, wall time.
-import { el, pct, seconds } from "/static/common.js";
+// The sortable table of configs: swept values, replicates done, the final primary metric (mean ±
+// std and 95% CI), its best value, the other final metrics, epochs to 99% of the final value, wall time.
+import { FINALS, PRIMARY, STATUSES, el, formatValue, metric, seconds } from "/static/common.js";
 
 const sortState = new WeakMap(); // table -> {column, dir}
 
@@ -8,8 +8,7 @@ function columns(data, opts) {
   const cols = [
     { title: "config", sort: (r) => r.position, cell: (r) => el("td", {},
       el("span", { class: "swatch", style: `background: ${opts.colourOf(r.id)}` }),
-      el("a", { href: opts.linkOf ? opts.linkOf(r) : `/compare?configs=${r.id}` },
-        opts.nameOf ? opts.nameOf(r) : (r.label === "base" ? r.sweep_name : r.label))) },
+      el("a", { href: opts.linkOf ? opts.linkOf(r) : `/compare?configs=${r.id}` }, opts.nameOf(r))) },
   ];
   for (const axis of data.axes) {
     cols.push({ title: axis.path, sort: (r) => {
@@ -17,20 +16,24 @@ function columns(data, opts) {
       return typeof axis.x[i] === "number" ? axis.x[i] : i;
     }, cell: (r) => el("td", {}, typeof r.params[axis.path] === "string" ? r.params[axis.path] : JSON.stringify(r.params[axis.path])) });
   }
-  const fin = (r) => r.final.val_accuracy;
+  const p = metric(PRIMARY);
+  const unit = (m) => (m.format === "percent" ? " %" : "");
+  const fmt = (key, v) => formatValue(key, v, 2);
+  const fin = (r) => r.final[PRIMARY];
   cols.push(
     { title: "replicates done", sort: (r) => r.done, cell: (r) => {
       const c = r.status_counts;
-      const extra = ["running", "failed", "cancelled"].filter((s) => c[s]).map((s) => el("span", { class: `status ${s}` }, ` ${c[s]} ${s}`));
+      const extra = STATUSES.filter((s) => !s.done && c[s.value]).map((s) => el("span", { class: `status ${s.value}` }, ` ${c[s.value]} ${s.label}`));
       return el("td", { class: "num" }, `${r.done}/${r.runs}`, extra);
     } },
-    { title: "final val acc % (mean ± std)", sort: (r) => fin(r).mean ?? -1, cell: (r) => el("td", { class: "num", "data-mean": fin(r).mean ?? "" },
-      fin(r).mean === null ? "–" : `${pct(fin(r).mean, 2)} ± ${pct(fin(r).std, 2)}`) },
+    { title: `final ${p.short}${unit(p)} (mean ± std)`, sort: (r) => fin(r).mean ?? -1, cell: (r) => el("td", { class: "num", "data-mean": fin(r).mean ?? "" },
+      fin(r).mean === null ? "–" : `${fmt(PRIMARY, fin(r).mean)} ± ${fmt(PRIMARY, fin(r).std)}`) },
     { title: "95% CI", sort: (r) => fin(r).ci_low ?? -1, cell: (r) => el("td", { class: "num" },
-      fin(r).ci_low === null ? (fin(r).n === 1 ? "n=1" : "–") : `[${pct(fin(r).ci_low, 2)}, ${pct(fin(r).ci_high, 2)}]`) },
-    { title: "best val acc %", sort: (r) => r.best.val_accuracy.mean ?? -1, cell: (r) => el("td", { class: "num" }, pct(r.best.val_accuracy.mean, 2)) },
-    { title: "final train acc %", sort: (r) => r.final.accuracy.mean ?? -1, cell: (r) => el("td", { class: "num" }, pct(r.final.accuracy.mean, 2)) },
-    { title: "epochs to 99%", sort: (r) => r.epochs_to_99 ?? 1e9, cell: (r) => el("td", { class: "num", title: "first epoch where the mean val_accuracy reaches 99% of its final value" },
+      fin(r).ci_low === null ? (fin(r).n === 1 ? "n=1" : "–") : `[${fmt(PRIMARY, fin(r).ci_low)}, ${fmt(PRIMARY, fin(r).ci_high)}]`) },
+    { title: `best ${p.short}${unit(p)}`, sort: (r) => r.best[PRIMARY].mean ?? -1, cell: (r) => el("td", { class: "num" }, fmt(PRIMARY, r.best[PRIMARY].mean)) },
+    ...FINALS.slice(1).map((key) => ({ title: `final ${metric(key).short}${unit(metric(key))}`, sort: (r) => r.final[key].mean ?? -1,
+      cell: (r) => el("td", { class: "num" }, fmt(key, r.final[key].mean)) })),
+    { title: "epochs to 99%", sort: (r) => r.epochs_to_99 ?? 1e9, cell: (r) => el("td", { class: "num", title: `first epoch where the mean ${p.title} reaches 99% of its final value` },
       r.epochs_to_99 ?? "–", r.epochs_to_99 !== null ? el("span", { class: "muted" }, ` / ${r.epochs}`) : null) },
     { title: "wall time / replicate", sort: (r) => r.wall_seconds.mean ?? 1e12, cell: (r) => el("td", { class: "num" }, seconds(r.wall_seconds.mean)) },
   );

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from app.config import Settings
+from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
 from worker.trainer import EpochMetrics, PreparedData, State
 
@@ -30,7 +31,7 @@ class FakeTrainer:
     def _metrics(self, i: int) -> EpochMetrics:
         e = self.done[i]
         acc = 1.0 - 0.9 / (1.0 + e + self.seeds[i] % 7 * 0.01)
-        return {"loss": 1.0 - acc, "accuracy": acc, "val_loss": 1.05 - acc, "val_accuracy": acc - 0.01}
+        return {LOSS: 1.0 - acc, ACCURACY: acc, VAL_LOSS: 1.05 - acc, VAL_ACCURACY: acc - 0.01}
 
     def evaluate(self) -> dict[int, EpochMetrics]:
         return {i: self._metrics(i) for i in self.done}

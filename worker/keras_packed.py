@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
 from worker.keras_models import build_optimizer, compiled_model, fresh_state, set_state
 from worker.trainer import EpochMetrics, PreparedData, State, epoch_order
@@ -326,8 +327,8 @@ class PackedTrainer:
         for pack, (loss, acc), (val_loss, val_acc) in zip(self.packs, train, test, strict=True):
             for p, i in enumerate(pack.members):
                 if i in self.active:
-                    out[i] = {"loss": float(loss[p]), "accuracy": float(acc[p]),
-                              "val_loss": float(val_loss[p]), "val_accuracy": float(val_acc[p])}
+                    out[i] = {LOSS: float(loss[p]), ACCURACY: float(acc[p]),
+                              VAL_LOSS: float(val_loss[p]), VAL_ACCURACY: float(val_acc[p])}
         return out
 
     def evaluate(self) -> dict[int, EpochMetrics]:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
 from worker.keras_models import compiled_model, fresh_state, get_state, set_state
-from worker.trainer import EpochMetrics, PreparedData, State, epoch_order
+from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order
 
 STOP_CHECK_EVERY = 20  # batches between looks at the stop flag
 
@@ -44,7 +45,7 @@ class SingleTrainer:
         for i, model in self.models.items():
             loss, acc = model.evaluate(self.data.x_train, self.y_train, batch_size=1024, verbose=0)
             val_loss, val_acc = model.evaluate(self.data.x_test, self.y_test, batch_size=1024, verbose=0)
-            out[i] = {"loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc}
+            out[i] = {LOSS: loss, ACCURACY: acc, VAL_LOSS: val_loss, VAL_ACCURACY: val_acc}
         return out
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
@@ -59,8 +60,8 @@ class SingleTrainer:
             )
             if stopper.stopped:
                 return None
-            h = hist.history
-            out[i] = {k: float(h[k][-1]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+            h = hist.history  # Keras names its history as the catalogue names the keys
+            out[i] = {k: float(h[k][-1]) for k in METRIC_KEYS}
         return out
 
     def state(self, replicate: int) -> State:

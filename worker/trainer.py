@@ -21,12 +21,13 @@ from typing import Protocol
 
 import numpy as np
 
+from app import metrics
 from app.datasets import ImageData
 from app.spec import TrainSpec
 
 State = dict[str, np.ndarray]
-EpochMetrics = dict[str, float]
-METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EpochMetrics = dict[str, float]  # keyed by the catalogue's keys (app/metrics.py)
+METRIC_KEYS = metrics.TRAINER_KEYS  # what every trainer reports per epoch and replicate
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,11 @@ class Trainer(Protocol):
     """Trains replicates 0..R-1 of one config in lock-step, one epoch per call."""
 
     def evaluate(self) -> dict[int, EpochMetrics]:
-        """loss, accuracy, val_loss, val_accuracy of each active replicate's current weights."""
+        """The METRIC_KEYS of each active replicate's current weights (training and test set)."""
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
-        """Train epoch `epoch` (1-based); per active replicate: loss and accuracy as Keras' history
-        reports them, val_loss and val_accuracy on the test set. None if stopped mid-epoch."""
+        """Train epoch `epoch` (1-based); per active replicate its METRIC_KEYS: the training ones as
+        Keras' history reports them, the validation ones on the test set. None if stopped mid-epoch."""
 
     def state(self, replicate: int) -> State:
         """Canonical checkpoint of one replicate (weights and optimizer state)."""
