@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -192,11 +193,13 @@ class SweepSpec(TrainSpec):
 
     def filled_in(self) -> dict[str, Any]:
         """The spec as JSON with its defaults filled in (what POST /api/sweeps/validate answers),
-        but no learning rate the spec left out: a swept optimizer keeps its own default."""
+        but no learning rate the spec left out: a swept optimizer keeps its own default. Its name
+        comes first, as in a spec file."""
         out = self.model_dump(mode="json", exclude_none=True)
         if not self.optimizer.rate_chosen:
             del out["optimizer"]["learning_rate"]
-        return out
+        first: dict[str, Any] = {k: out.pop(k) for k in ("name", "study", "description") if k in out}
+        return first | out
 
     def combinations(self) -> list[dict[str, Any]]:
         """Grid combinations in a stable order: each is {dotted path: value}."""
@@ -287,6 +290,23 @@ def content_key(data: Any) -> str:
     queued and external alike, so their replicates group. Stored in configs.key: never change it."""
     blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing lists on one line as spec files do (`hidden: [32, 64]`,
+    `model.hidden: [[8], [16]]`) and mappings as blocks."""
+
+
+def _flow_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_SpecDumper.add_representer(list, _flow_list)
+
+
+def spec_yaml(data: dict[str, Any]) -> str:
+    """A spec (as JSON) as YAML that `sweeplab submit` and POST /api/sweeps read back unchanged."""
+    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True)
 
 
 def describe_params(params: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
-// New sweep form: every spec field, the YAML it makes (editable both ways), the number of runs
-// it expands to, the server's field errors next to their fields, and submit -> the sweep's page.
+// New sweep form: every spec field, the spec as YAML (editable both ways), the number of runs it
+// expands to, the server's field errors next to their fields, and submit -> the sweep's page.
+// The server writes the YAML (POST /api/sweeps/validate answers it): no YAML emitter here.
 import { api, authHeaders } from "/static/common.js";
 
 const { start, defaults } = JSON.parse(document.getElementById("form-data").textContent);
@@ -90,25 +91,6 @@ function showMode() {
   form.querySelector('[data-loc="replicates"]').hidden = seeds;
 }
 
-// ---- YAML ----
-const PLAIN = /^[A-Za-z_][A-Za-z0-9_ .+\/-]*$/;
-const RESERVED = /^(true|false|null|yes|no|on|off|y|n)$/i;
-function scalar(v) {
-  if (typeof v === "string" && PLAIN.test(v) && !RESERVED.test(v) && v.trim() === v) return v;
-  return JSON.stringify(v);
-}
-function flow(v) {
-  if (Array.isArray(v)) return `[${v.map(flow).join(", ")}]`;
-  if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${scalar(k)}: ${flow(x)}`).join(", ")}}`;
-  return scalar(v);
-}
-export function toYaml(obj, indent = "") {
-  return Object.entries(obj).map(([k, v]) => {
-    if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) return `${indent}${scalar(k)}:\n${toYaml(v, indent + "  ")}`;
-    return `${indent}${scalar(k)}: ${flow(v)}`;
-  }).join("\n");
-}
-
 // ---- validation and errors ----
 const fieldLocs = () => [...document.querySelectorAll("[data-loc]")].map((n) => n.dataset.loc);
 
@@ -143,35 +125,56 @@ function showErrors(error) {
   countBox.className = "run-count error-message";
 }
 
-let lastChecked = null, checking = 0;
-async function validate(fillForm) {
-  const text = yamlBox.value;
-  if (text === lastChecked && !fillForm) return;
-  lastChecked = text;
+// ---- checking: the server answers the counts, the filled-in spec and its YAML ----
+const NOT_VALID = "# Not a valid spec yet: the fields in red say why. As JSON (which YAML reads too):\n";
+let lastYaml = null, checking = 0, formPending = false;
+
+// The answer of the newest check ({ok, answer}), or null when a newer one superseded it.
+async function check(body, contentType) {
   const ticket = ++checking;
+  let answer = null, error = null;
   try {
-    const answer = await api("/api/sweeps/validate", { method: "POST", headers: { "content-type": "application/yaml" }, body: text });
-    if (ticket !== checking) return;
-    clearErrors();
-    countBox.className = "run-count";
-    countBox.textContent = `${answer.configs} config${answer.configs === 1 ? "" : "s"} × ${answer.replicates} replicate${answer.replicates === 1 ? "" : "s"} = ${answer.runs} run${answer.runs === 1 ? "" : "s"}`;
-    countBox.dataset.runs = answer.runs;
-    if (fillForm) specToForm(answer.spec);
+    answer = await api("/api/sweeps/validate", { method: "POST", headers: { "content-type": contentType }, body });
   } catch (err) {
-    if (ticket === checking) showErrors(err.body?.error || { message: err.message });
+    error = err.body?.error || { message: err.message };
   }
+  if (ticket !== checking) return null;
+  if (error) { showErrors(error); return { ok: false }; }
+  clearErrors();
+  countBox.className = "run-count";
+  countBox.textContent = `${answer.configs} config${answer.configs === 1 ? "" : "s"} × ${answer.replicates} replicate${answer.replicates === 1 ? "" : "s"} = ${answer.runs} run${answer.runs === 1 ? "" : "s"}`;
+  countBox.dataset.runs = answer.runs;
+  return { ok: true, answer };
+}
+
+// The form changed: the YAML box shows the server's YAML of it (or, while invalid, its JSON).
+async function fromForm() {
+  formPending = false;
+  const spec = formToSpec(), shown = yamlBox.value;
+  const result = await check(JSON.stringify(spec), "application/json");
+  if (!result || yamlBox.value !== shown) return; // superseded, or the YAML was edited meanwhile
+  yamlBox.value = result.ok ? result.answer.yaml : `${NOT_VALID}${JSON.stringify(spec, null, 2)}\n`;
+  lastYaml = yamlBox.value;
+}
+
+// The YAML changed: it fills the form.
+async function fromYaml() {
+  if (yamlBox.value === lastYaml) return;
+  lastYaml = yamlBox.value;
+  const result = await check(lastYaml, "application/yaml");
+  if (result?.ok) specToForm(result.answer.spec);
 }
 
 let timer = null;
 const later = (fn, ms = 250) => { clearTimeout(timer); timer = setTimeout(fn, ms); };
 function changed() {
-  yamlBox.value = toYaml(formToSpec());
-  later(() => validate(false));
+  formPending = true;
+  later(fromForm);
 }
 
 form.addEventListener("input", changed);
 form.addEventListener("change", (event) => { if (event.target.name === "replicate-mode") showMode(); changed(); });
-yamlBox.addEventListener("input", () => later(() => validate(true), 400));
+yamlBox.addEventListener("input", () => { formPending = false; later(fromYaml, 400); });
 document.getElementById("add-axis").addEventListener("click", () => { addGridRow(); changed(); });
 form.addEventListener("submit", (event) => event.preventDefault());
 
@@ -179,6 +182,7 @@ document.getElementById("submit-sweep").addEventListener("click", async (event) 
   const button = event.target;
   button.disabled = true;
   try {
+    if (formPending) { clearTimeout(timer); await fromForm(); } // submit what the form says now
     const response = await fetch("/api/sweeps", { method: "POST", body: yamlBox.value,
       headers: { "content-type": "application/yaml", ...authHeaders() } });
     const body = await response.json();
@@ -192,5 +196,4 @@ document.getElementById("submit-sweep").addEventListener("click", async (event) 
 });
 
 specToForm(start);
-yamlBox.value = toYaml(formToSpec());
-validate(false).then(() => { document.body.dataset.ready = "true"; });
+fromForm().then(() => { document.body.dataset.ready = "true"; });

@@ -18,7 +18,7 @@ from app.models import RunStatus
 from app.schemas import ConfigPublic, RunPublic, SweepPublic
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
-from app.spec import SweepSpec
+from app.spec import SweepSpec, spec_yaml
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 MAX_YAML_NODES = 100_000
@@ -107,7 +107,8 @@ def _create_sweep(engine: Engine, settings: Settings, data: Any) -> SweepPublic:
              responses={422: {"description": "invalid spec, with the failing fields"}})
 async def validate_sweep(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """Check a spec (JSON, or YAML with content-type application/yaml) without submitting it:
-    the number of configs and runs it expands to, and the spec with defaults filled in."""
+    the number of configs and runs it expands to, and the spec with defaults filled in, as JSON
+    (`spec`) and as YAML (`yaml`, PyYAML's safe dumper: what the new-sweep page shows and submits)."""
     data = await _spec_data(request)
     # Off the event loop: expanding a big grid and probing a dataset (maybe over the network) block.
     return await run_in_threadpool(_validate, settings, data)
@@ -120,8 +121,9 @@ def _validate(settings: Settings, data: Any) -> dict[str, Any]:
     if spec.run_count() > settings.max_runs_per_sweep:
         msg = f"the sweep expands to {spec.run_count()} runs; this server accepts at most {settings.max_runs_per_sweep}"
         raise InvalidSpec(msg, [{"loc": "grid", "msg": msg}])
+    filled = spec.filled_in()
     return {"valid": True, "configs": n_configs, "replicates": len(spec.seed_list()), "runs": spec.run_count(),
-            "spec": spec.filled_in()}
+            "spec": filled, "yaml": spec_yaml(filled)}
 
 
 @router.get("", response_model=list[SweepPublic])
