@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
+from app.config_names import config_name
 from app.db import read_session
 from app.metrics import FINAL_KEYS, PRIMARY_KEY
 from app.models import Config, Metric, Run, RunStatus
@@ -110,9 +111,8 @@ def final_table_json(engine: Engine, sweep_id: int) -> bytes:
                     lambda: dumps(final_table(engine, sweep_id)))
 
 
-def display_name(config: dict[str, Any]) -> str:
-    """'q4 adam' for a one-config sweep, 'q6 hidden width · hidden=[64]' otherwise."""
-    return config["sweep_name"] if config["label"] == "base" else f"{config['sweep_name']} · {config['label']}"
+def _name(config: dict[str, Any]) -> str:
+    return config_name(config["sweep_name"], config["label"])
 
 
 def compare_configs(engine: Engine, config_ids: Sequence[int]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def compare_configs(engine: Engine, config_ids: Sequence[int]) -> dict[str, Any]
         for other in rows[1:]:
             cmp = stats.welch(ref["final"][PRIMARY_KEY]["values"], other["final"][PRIMARY_KEY]["values"])
             comparisons.append({"a": ref["id"], "b": other["id"], **cmp.as_dict(),
-                                "sentence": stats.describe_difference(display_name(ref), display_name(other), cmp)})
+                                "sentence": stats.describe_difference(_name(ref), _name(other), cmp)})
     return {"configs": rows, "comparisons": comparisons}
 
 
