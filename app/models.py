@@ -174,10 +174,11 @@ class SweepSeq(Base):
 
     Triggers of migration 0002 (not the writers) stamp every metric row as it is inserted and every
     run as it is inserted or changes status, cancel_requested or last_epoch with the next value of
-    its sweep's counter, at commit: PostgreSQL takes the counter row lock in a deferred constraint
-    trigger, as the last lock of the transaction, and holds it until the commit is visible; SQLite
-    has one writer at a time. So within a sweep the order of seq is the order of commits, and a
-    reader that sees the counter at N sees every row stamped up to N: a cursor never skips a row."""
+    its sweep's counter, at commit (one value per commit on PostgreSQL, one per row on SQLite):
+    PostgreSQL takes the counter row lock in a deferred constraint trigger, as the last lock of the
+    transaction, and holds it until the commit is visible; SQLite has one writer at a time. So
+    within a sweep the order of seq is the order of commits, and a reader that sees the counter at
+    N sees every row stamped up to N: a cursor never skips a row."""
 
     __tablename__ = "sweep_seqs"
 

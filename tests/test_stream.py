@@ -94,6 +94,23 @@ def test_a_full_batch_stops_the_cursor_at_its_last_point(engine: Engine) -> None
     assert max(len(b) for b in batches) == 2
 
 
+def test_a_batch_holds_whole_commits(engine: Engine) -> None:
+    """PostgreSQL numbers a commit once: a batch may not end inside it, nor split it over polls."""
+    sweep_id = new_sweep(engine, replicates=1)
+    (claim,) = claim_runs(engine, "w", 1, 60)
+    cursor = drain(engine, sweep_id).cursor
+    with write_session(engine) as s:
+        s.execute(insert(Metric), [{"run_id": claim.run_id, "key": "loss", "epoch": e, "value": 1.0,
+                                    "created_at": 0.0} for e in range(5)])
+    record_epoch(engine, claim, 5, {"loss": 0.5}, None, 60)
+    got = [changes_since(engine, sweep_id, cursor, limit=2)]
+    while got[-1].points:
+        got.append(changes_since(engine, sweep_id, got[-1].cursor, limit=2))
+    assert [p["epoch"] for c in got for p in c.points] == [0, 1, 2, 3, 4, 5]
+    sizes = [len(c.points) for c in got if c.points]
+    assert sizes == ([5, 1] if engine.dialect.name == "postgresql" else [2, 2, 2])
+
+
 def test_an_idle_poll_reads_only_the_counter(engine: Engine) -> None:
     sweep_id = new_sweep(engine, replicates=200)
     for claim in claim_runs(engine, "w", 4, 60):
@@ -257,7 +274,7 @@ def test_the_stream_endpoint_sends_and_resumes(live_server: LiveServer, engine: 
     assert seen[0] == (None, "status", {str(claims[0].run_id): "running"})
     with httpx.stream("GET", url, timeout=10) as response:  # no cursor: what commits from now on
         events = read_events(response)
-        assert next(events) == (str(data["cursor"] + 2), "status", {})  # epoch 1: its metric, its run
+        assert next(events) == (str(stream_cursor(engine, sweep_id)), "status", {})
         record_epoch(engine, claims[1], 0, {"loss": 0.7}, None, 60)
         assert next(events)[1:] == ("status", {str(claims[1].run_id): "running"})
         (_, name, later) = next(events)

@@ -75,7 +75,7 @@ class Changes:
 def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str] | None = None,
                   run_id: int | None = None, limit: int = POINTS_PER_POLL) -> Changes:
     """Metric points (of KEYS, of RUN_ID when given) and the status of every run whose seq moved,
-    committed after CURSOR, at most LIMIT points (the cursor then stops at the last one)."""
+    committed after CURSOR: whole commits, about LIMIT points (more when one commit has more)."""
     with snapshot_session(engine) as s:
         top = sweep_seqs(s, [sweep_id])[sweep_id]
         if top <= cursor:
@@ -87,8 +87,12 @@ def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str
             else q.where(Metric.sweep_id == sweep_id)
         if keys:
             q = q.where(Metric.key.in_(list(keys)))
-        rows = s.execute(q.order_by(Metric.seq).limit(limit)).all()
-        upto = rows[-1].seq if len(rows) == limit else top
+        rows = s.execute(q.order_by(Metric.seq).limit(limit + 1)).all()
+        upto = top
+        if len(rows) > limit:  # stop after the last commit this batch holds whole
+            upto = rows[limit - 1].seq if rows[limit].seq > rows[limit - 1].seq else rows[limit].seq - 1
+            rows = [r for r in rows if r.seq <= upto] or s.execute(q.where(Metric.seq == rows[0].seq)).all()
+            upto = rows[-1].seq
         runs_q = select(Run.id, Run.status).where(Run.sweep_id == sweep_id, Run.seq > cursor, Run.seq <= upto)
         runs = s.execute(runs_q.where(Run.id == run_id) if run_id is not None else runs_q).all()
     points = [{"seq": seq, "run_id": run, "config_id": config, "key": key, "epoch": epoch, "value": _num(value)}
