@@ -64,14 +64,18 @@ def _jsonable(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return data
 
 
-def _number(v: Any) -> float | None:
+def _number(v: Any) -> float | str:
+    """A JSON value for V: the float, or the server's name for NaN, inf and -inf (JSON has none)."""
     value = float(v)
-    return value if math.isfinite(value) else None
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
 
 
-def clean_logs(logs: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """The numeric entries of Keras' logs under keys the server accepts; NaN and inf as None."""
-    out: dict[str, float | None] = {}
+def clean_logs(logs: Mapping[str, Any] | None) -> dict[str, float | str | None]:
+    """The numeric entries of Keras' logs under keys the server accepts; NaN and inf by name, so
+    that they are stored as a worker's are."""
+    out: dict[str, float | str | None] = {}
     for key, value in (logs or {}).items():
         if len(out) >= MAX_KEYS or not isinstance(key, str) or not KEY_PATTERN.match(key):
             continue
@@ -176,10 +180,10 @@ class SweeplabCallback(keras.callbacks.Callback):
         uploader.watch(handle)
         uploader.put("create", handle, create)
 
-    def _initial_metrics(self, handle: RunHandle) -> dict[str, float | None]:
+    def _initial_metrics(self, handle: RunHandle) -> dict[str, float | str | None]:
         """Epoch 0: the untrained model on the validation data (val_*) and on the training data,
         as sweeplab's workers do."""
-        out: dict[str, float | None] = {}
+        out: dict[str, Any] = {}
         if self.validation_data is not None:
             out.update({f"val_{k}": v for k, v in self._evaluate(self.validation_data, handle).items()})
         if self.training_data is not None:

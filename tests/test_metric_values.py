@@ -1,6 +1,7 @@
 """Non-finite metric values are stored one way whoever reports them (app.models.metric_value):
-a worker's record_epoch and an external run's epoch (service and HTTP) store inf and -inf as
-themselves and NaN as NULL; the API answers null for all three."""
+a worker's record_epoch and an external run's epoch (service, and HTTP where JSON names them
+"NaN", "Infinity", "-Infinity") store inf and -inf as themselves and NaN as NULL; the API
+answers null for all three."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def test_the_external_path_stores_them_as_the_worker_path_does(engine: Engine, a
     assert metric_rows(engine, run.id) == STORED
     series = api.get(f"/api/runs/{run.id}/metrics").json()["series"]
     assert [s["values"] for s in series.values()] == [[None], [None], [None], [0.25]]
+
+
+def test_over_http_the_values_go_by_name_and_are_stored_alike(api: TestClient, engine: Engine) -> None:
+    run = api.post("/api/external/runs", json={"sweep": "nonfinite", "config": {}, "seed": 0}).json()
+    named = {"a_nan": "NaN", "b_inf": "Infinity", "c_minus_inf": "-Infinity", "d_finite": 0.25}
+    answer = api.post(f"/api/runs/{run['id']}/epochs", json={"epoch": 1, "metrics": named})
+    assert answer.status_code == 200, answer.text
+    assert metric_rows(engine, run["id"]) == STORED
+    assert api.post(f"/api/runs/{run['id']}/epochs", json={"epoch": 2, "metrics": {"x": "inf"}}).status_code == 422

@@ -24,6 +24,8 @@ router = APIRouter(tags=["external runs"])
 MAX_EPOCH = 100_000
 MAX_KEYS_PER_EPOCH = 64
 MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# JSON has no NaN or infinity: a client names them (the spellings of JavaScript and Python's float()).
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 
 
 class _Strict(BaseModel):
@@ -93,10 +95,16 @@ class ExternalRunCreate(_Strict):
 
 
 class EpochCreate(_Strict):
-    """One finished epoch: any metric keys; values finite numbers or null (NaN/inf as null)."""
+    """One finished epoch: any metric keys; values numbers, "NaN", "Infinity", "-Infinity" or
+    null (not measured). They are stored as a worker's are: infinities as such, NaN and null as
+    null; reading them back answers null for all non-finite values."""
 
     epoch: int = Field(ge=0, le=MAX_EPOCH, description="0: before training; 1..N after each epoch")
-    metrics: dict[MetricKey, float | None] = Field(max_length=MAX_KEYS_PER_EPOCH)
+    metrics: dict[MetricKey, float | NonFinite | None] = Field(max_length=MAX_KEYS_PER_EPOCH)
+
+    def values(self) -> dict[str, float | None]:
+        """The metrics as floats (inf, -inf and NaN included)."""
+        return {k: float(v) if v is not None else None for k, v in self.metrics.items()}
     seconds: float = Field(default=0.0, ge=0, le=1e7, description="training time of this epoch")
 
 
@@ -141,7 +149,7 @@ def create_external_run(body: ExternalRunCreate, response: Response, engine: Eng
              responses={409: {"description": "not an external run, or it already ended"}})
 def log_run_epoch(run_id: int, body: EpochCreate, engine: EngineDep) -> EpochStored:
     """Record an epoch of an external run; repeating a post is a no-op."""
-    ack = external_service.record_external_epoch(engine, run_id, body.epoch, body.metrics, body.seconds)
+    ack = external_service.record_external_epoch(engine, run_id, body.epoch, body.values(), body.seconds)
     return EpochStored(run_id=ack.run_id, epoch=ack.epoch, stored=ack.stored, cancel_requested=ack.cancel_requested)
 
 
