@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,11 +78,10 @@ HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "met
 
 
 def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The error envelope: {"error": {"code", "message"[, "fields": [{"loc", "msg"}]]}}."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        body["fields"] = fields
-    return {"error": body}
+    """The error envelope, the one shape of every error under /api: {"error": {"code", "message",
+    "fields": [{"loc", "msg"}]}}. `code` is stable (clients branch on it), `message` is for people,
+    `fields` names each failing input (empty when the error is not about one)."""
+    return {"error": {"code": code, "message": message, "fields": list(fields or [])}}
 
 
 def _wants_json(request: Request) -> bool:
@@ -124,6 +125,36 @@ def _database_away(exc: Exception) -> bool:
     return isinstance(exc, OperationalError)  # PostgreSQL: connection failures, serialization, shutdown
 
 
+MAX_MESSAGE_FIELDS = 5  # an envelope's message names this many failing fields; `fields` has them all
+
+
+def _printable(text: str) -> str:
+    """TEXT as JSON can carry it to any client: a lone surrogate (from a key the client sent)
+    escaped, as it cannot be encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_fields(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """Pydantic's errors as the envelope's fields: `loc` is a dotted path, a body field's as it
+    stands in the body (`epoch`, `config.lr`: the same as a spec's fields), a parameter's after
+    where it is sent (`query.keys.0`, `path.sweep_id`); `msg` without pydantic's "Value error, "."""
+    fields = []
+    for e in errors:
+        parts = [str(p) for p in e.get("loc", ())]
+        if parts[:1] == ["body"]:
+            parts = parts[1:] or ["body"]
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        fields.append({"loc": _printable(".".join(parts) or "input"), "msg": _printable(msg)})
+    return fields
+
+
+def fields_message(fields: list[dict[str, str]]) -> str:
+    """One line for people: the first few fields, `loc: msg; ...`."""
+    named = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields[:MAX_MESSAGE_FIELDS])
+    more = len(fields) - MAX_MESSAGE_FIELDS
+    return (named + (f" (and {more} more)" if more > 0 else "")) or "invalid input"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SweeplabError)
     async def _sweeplab_error(request: Request, exc: SweeplabError) -> Response:
@@ -136,15 +167,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in exc.errors()
-        ]
-        if not _wants_json(request):
-            first = errors[0] if errors else {"loc": [], "msg": "invalid input"}
-            where = ".".join(str(p) for p in first["loc"][1:]) or "input"
-            return _answer(request, 422, "invalid_input", f"{where}: {first['msg']}")
-        return JSONResponse({"detail": errors}, status_code=422)
+        fields = validation_fields(exc.errors())
+        return _answer(request, 422, "invalid_input", fields_message(fields), fields)
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
@@ -176,11 +200,16 @@ ERROR_ENVELOPE_SCHEMA: dict[str, Any] = {
     "required": ["error"],
     "properties": {"error": {
         "type": "object",
-        "required": ["code", "message"],
+        "required": ["code", "message", "fields"],
         "properties": {
             "code": {"type": "string"},
             "message": {"type": "string"},
-            "fields": {"type": "array", "items": {"type": "object"}},
+            "fields": {"type": "array", "items": {
+                "type": "object",
+                "required": ["loc", "msg"],
+                "properties": {"loc": {"type": "string", "description": "dotted path of the field"},
+                               "msg": {"type": "string"}},
+            }},
         },
     }},
 }
@@ -217,8 +246,8 @@ def document_error_responses(openapi: dict[str, Any]) -> None:
     """Add the error answers every /api operation can give to an OpenAPI document, so a client
     (or schemathesis' status-code check) finds each documented: 503 everywhere, 404 where the
     path or a query parameter names stored things, 401/403/409/415 for changes, 408/413 with a
-    body, 400 and 422 with any input (422 in either shape: FastAPI's `detail` list for malformed
-    parameters, the envelope for a bad spec)."""
+    body, 400 and 422 with any input. Every one is the envelope, 422 included: the handlers of
+    install_error_handlers answer FastAPI's validation errors in it too."""
     components = openapi.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorEnvelope"] = ERROR_ENVELOPE_SCHEMA
     ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
@@ -232,12 +261,13 @@ def document_error_responses(openapi: dict[str, Any]) -> None:
             for code in _error_codes(path, method, operation):
                 answer = responses.setdefault(code, {"description": ERROR_REASONS[code]})
                 schema = answer.get("content", {}).get("application/json", {}).get("schema")
-                if schema is None:
+                if schema is None or code == "422":  # FastAPI's own 422 schema (`detail`) is never answered
                     answer["content"] = {"application/json": {"schema": dict(ref)}}
-                elif code == "422" and schema != ref:
-                    answer["content"] = {"application/json": {"schema": {"anyOf": [schema, dict(ref)]}}}
                 if code == "503":
                     answer.setdefault("headers", retry_after)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'"#/components/schemas/{unused}"' not in json.dumps(openapi):
+            components.pop(unused, None)
 
 
 __all__ = [

@@ -49,7 +49,7 @@ export async function api(path, options = {}) {
   if (response.status === 401) localStorage.removeItem("sweeplab-token");
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
   if (!response.ok) {
-    const message = body?.error?.message || (body?.detail && JSON.stringify(body.detail)) || response.statusText;
+    const message = body?.error?.message || response.statusText;  // the envelope: {error: {code, message, fields}}
     throw Object.assign(new Error(message), { status: response.status, body });
   }
   return body;

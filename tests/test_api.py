@@ -90,7 +90,7 @@ def test_filters_with_text_that_cannot_be_stored(api: TestClient) -> None:
         r = api.get(f"/api/sweeps?study={study}")
         assert r.status_code == 200 and r.json() == [], r.text
     r = api.get(f"/api/runs/{run_id}/metrics?keys=a%00b")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "keys", 0]
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["loc"] == "query.keys.0"
     assert api.get(f"/api/runs/{run_id}/metrics?keys=%ED%A0%80").json()["series"] == {}
 
 

@@ -168,10 +168,9 @@ def test_the_endpoints_need_the_token_when_one_is_set(settings: Settings, engine
         assert api.post(f"/api/runs/{run_id}/finish", json={"status": "succeeded"}).status_code == 401
 
 
-def field_errors(body: dict[str, Any]) -> list[tuple[list[Any], str]]:
-    """(loc, msg) of each field of a 422, in FastAPI's {"detail"} or in the {"error": {"fields"}} envelope."""
-    fields = body["detail"] if "detail" in body else body["error"]["fields"]
-    return [(list(f["loc"]), f["msg"]) for f in fields]
+def field_errors(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(loc, msg) of each field of a 422's envelope, {"error": {"fields": [{"loc", "msg"}]}}."""
+    return [(f["loc"], f["msg"]) for f in body["error"]["fields"]]
 
 
 @pytest.mark.parametrize(("raw", "field", "words"), [
@@ -190,7 +189,7 @@ def test_text_the_databases_cannot_store_is_a_422_naming_the_field(api: TestClie
     response = api.post("/api/external/runs", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     [(loc, msg)] = field_errors(response.json())
-    assert loc == ["body", field]
+    assert loc == field
     assert words in msg
     assert api.get("/api/sweeps").status_code == 200  # nothing half-stored
 
@@ -204,7 +203,7 @@ def test_epochs_and_finish_refuse_unstorable_text(api: TestClient, path: str, ra
     run = start_run(api)
     response = api.post(f"/api/runs/{run['id']}/{path}", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
-    assert field_errors(response.json())[0][0][:2] == ["body", field]
+    assert field_errors(response.json())[0][0].split(".")[0] == field
     assert api.get(f"/api/runs/{run['id']}").json()["status"] == "running"
 
 

@@ -12,6 +12,7 @@ from app.api.deps import EngineDep, SettingsDep
 from app.metrics import CURVE_KEYS, PRIMARY_KEY
 from app.services import charts, dataset_views, results
 from app.services.charts import parse_ids
+from app.spec import StoredText
 
 router = APIRouter(prefix="/api", tags=["charts"])
 KeysQuery = Query(list(CURVE_KEYS), description=f"metric keys, e.g. {PRIMARY_KEY}")
@@ -19,7 +20,7 @@ JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {
 
 
 @router.get("/sweeps/{sweep_id}/aggregates", response_class=Response, responses=JSON)
-def read_sweep_aggregates(sweep_id: int, engine: EngineDep, keys: list[str] = KeysQuery,
+def read_sweep_aggregates(sweep_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery,
                           configs: str | None = Query(None, description="only these configs, e.g. 3,7")
                           ) -> Response:
     """Per config and epoch: mean, std, min, max and n over replicates (columnar), and the cursor."""
@@ -29,7 +30,7 @@ def read_sweep_aggregates(sweep_id: int, engine: EngineDep, keys: list[str] = Ke
 
 
 @router.get("/sweeps/{sweep_id}/series")
-def read_sweep_series(sweep_id: int, engine: EngineDep, keys: list[str] = KeysQuery) -> dict[str, Any]:
+def read_sweep_series(sweep_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery) -> dict[str, Any]:
     """Every run's series for KEYS (columnar) and the cursor to stream from."""
     return charts.sweep_run_series(engine, sweep_id, keys)
 
@@ -43,13 +44,13 @@ def read_sweep_table(sweep_id: int, engine: EngineDep) -> Response:
 
 @router.get("/configs/aggregates")
 def read_config_aggregates(engine: EngineDep, ids: str = Query(..., examples=["3,7"]),
-                           keys: list[str] = KeysQuery) -> dict[str, Any]:
+                           keys: list[StoredText] = KeysQuery) -> dict[str, Any]:
     """The aggregated curves of configs from any sweeps."""
     return charts.aggregate_series(engine, keys, config_ids=parse_ids(ids))
 
 
 @router.get("/configs/{config_id}/series")
-def read_config_replicates(config_id: int, engine: EngineDep, keys: list[str] = KeysQuery) -> dict[str, Any]:
+def read_config_replicates(config_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery) -> dict[str, Any]:
     """Every replicate's own curves for one config (loaded when a user asks for single replicates)."""
     charts.config_infos(engine, config_ids=[config_id])
     return charts.run_series(engine, keys, config_ids=[config_id])

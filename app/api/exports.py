@@ -19,6 +19,7 @@ from starlette.datastructures import State
 
 from app.api.deps import EngineDep
 from app.services import exports as export_service
+from app.spec import StoredText
 
 router = APIRouter(prefix="/api/sweeps", tags=["exports"])
 EXPORT_THREADS = 2
@@ -50,7 +51,7 @@ def _download(request: Request, chunks: Iterator[str], media_type: str, filename
 @router.get("/{sweep_id}/metrics.csv", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}}}})
 def export_metrics_csv(sweep_id: int, request: Request, engine: EngineDep,
-                       keys: list[str] | None = Query(None)) -> StreamingResponse:
+                       keys: list[StoredText] | None = Query(None)) -> StreamingResponse:
     """Columns sweep, config, config_label, seed, run, key, epoch, value; NaN/inf empty; text
     cells that a spreadsheet would run as formulas start with a single quote."""
     rows = export_service.metrics_csv(engine, sweep_id, keys)
@@ -60,7 +61,7 @@ def export_metrics_csv(sweep_id: int, request: Request, engine: EngineDep,
 @router.get("/{sweep_id}/metrics.jsonl", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}}}})
 def export_metrics_jsonl(sweep_id: int, request: Request, engine: EngineDep,
-                         keys: list[str] | None = Query(None)) -> StreamingResponse:
+                         keys: list[StoredText] | None = Query(None)) -> StreamingResponse:
     """One JSON object per line with the CSV's columns; NaN/inf as null."""
     rows = export_service.metrics_jsonl(engine, sweep_id, keys)
     return _download(request, rows, "application/x-ndjson", f"sweep-{sweep_id}-metrics.jsonl")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EngineDep
 from app.services.stream import POINTS_PER_POLL, Changes, changes_since, open_stream
+from app.spec import StoredText
 
 router = APIRouter(prefix="/api/sweeps", tags=["charts"])
 POLL_SECONDS = 0.4
@@ -59,7 +60,7 @@ def poll(engine: Engine, sweep_id: int, cursor: int, keys: list[str] | None, run
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_sweep(sweep_id: int, request: Request, engine: EngineDep,
                        cursor: int | None = Query(None, ge=0, description="default: what commits from now on"),
-                       keys: list[str] | None = Query(None),
+                       keys: list[StoredText] | None = Query(None),
                        run: int | None = Query(None, description="only this run of the sweep")) -> StreamingResponse:
     """`event: epochs` with new metric points since CURSOR (a value of the sweep's commit sequence,
     as /series and /aggregates answer it), `event: status` with the runs whose status changed.
