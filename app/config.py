@@ -51,11 +51,18 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="how long a request waits for a pooled connection before a 503")
     db_retry_seconds: float = Field(
         default=30.0, ge=0, description="how long a worker retries a failing database write before giving up")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="sweeplab's own log lines (libraries: WARNING, unless a command's --verbose)")
     trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")
     tf_threads: int = Field(default=0, ge=0, description="TensorFlow intra-op threads (0: TF decides)")
     fake_epoch_seconds: float = Field(default=0.05, ge=0, description="fake trainer: how long each epoch sleeps")
     fake_poison_seed: int | None = Field(
         default=None, description="fake trainer: a run with this seed kills its worker process (crash tests)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("api_token", "fake_poison_seed", mode="before")
     @classmethod

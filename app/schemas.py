@@ -50,6 +50,27 @@ class SweepPublic(BaseModel):
     spec: dict[str, Any]
 
 
+class Progress(BaseModel):
+    """How far runs have got: what `sweeplab submit --wait` draws its bar from."""
+
+    runs: int
+    ended: int = Field(description="runs in a final status")
+    running: int
+    succeeded: int
+    failed: int
+    epochs_done: int = Field(description="epochs trained, by every run")
+    epochs_left: int = Field(description="epochs still to train, by runs not yet ended")
+
+
+class SweepProgress(Progress):
+    id: int
+
+
+class SweepsProgress(BaseModel):
+    sweeps: list[SweepProgress]
+    total: Progress
+
+
 class RunPublic(BaseModel):
     id: int
     sweep_id: int

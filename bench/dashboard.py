@@ -38,6 +38,7 @@ from app.db import get_engine, read_session, write_session
 from app.migrate import migrate
 from app.models import Config, Metric, Run, RunStatus
 from app.services.sweeps import create_sweep, parse_spec
+from sweeplab.logs import configure_logging
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 CHROMIUM = "/usr/bin/chromium"
@@ -329,6 +330,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--browser-nice", type=int, default=10, help="niceness of the streaming browser (0: none)")
     args = parser.parse_args()
+    configure_logging()
     work = Path(tempfile.mkdtemp(prefix="sweeplab-dash-"))
     url = f"sqlite:///{work / 'bench.db'}"
     print(f"machine: {machine()}")

@@ -43,6 +43,7 @@ from app.db import get_engine
 from app.migrate import migrate
 from app.models import Metric, Run
 from app.services.sweeps import create_sweep, parse_spec
+from sweeplab.logs import configure_logging
 
 LOCKED = "database is locked"
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         "several times what Keras on MNIST gives; 0.05 saturates a 2-core machine's CPU)")
     p.add_argument("--no-save", action="store_true", help="print only; save nothing under bench/results/")
     args = p.parse_args(argv)
+    configure_logging()
     r = run(args.seconds, args.rate, args.workers, args.epoch_seconds, None if args.no_save else RESULTS)
     req = r["requests"]
     print(f"SQLite under load ({r['machine']['cpus']} CPUs, load average {r['machine']['load_average_at_start'][0]} "

@@ -27,6 +27,7 @@ from app.migrate import migrate
 from app.models import Config, Metric, Run, Sweep
 from app.services.presets import preset_documents
 from app.services.sweeps import create_sweep, parse_spec
+from sweeplab.logs import configure_logging
 
 
 def data_dir() -> Path:
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--pack-size", type=int, default=None)
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images (a quick look)")
     args = parser.parse_args()
+    configure_logging()
     results = []
     for n in args.workers:
         results.append(run_study(n, args.pack_size, args.train_limit))

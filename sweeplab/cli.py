@@ -5,6 +5,9 @@ server that cannot be reached or refuses the spec; bad settings) is one line on 
 file, and line and column for YAML and JSON, never a traceback. Exit status: 0 done, 2 any such
 error (unreachable server included: nothing was submitted), 1 `submit --wait` whose runs did not
 all succeed, 130 interrupted.
+
+Every command logs through sweeplab.logs: sweeplab's lines at INFO (SWEEPLAB_LOG_LEVEL), libraries'
+at WARNING unless `--verbose`; `submit --wait` shows its progress bar and nothing else.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from sweeplab.logs import configure_logging, configure_server_logging
+
+if TYPE_CHECKING:
+    from sweeplab.client import ClientError
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 MAX_MESSAGE_CHARS = 600
@@ -75,7 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     migrate(settings.database_url)
     _warn_open(args.host, settings.api_token is not None)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=args.access_log)
+    configure_server_logging(args.access_log)
+    # log_config=None: uvicorn keeps the set-up of sweeplab.logs instead of installing its own.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, log_level=None,
+                access_log=args.access_log)
     return 0
 
 
@@ -98,9 +108,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     migrate(settings.database_url)
     exe = [sys.executable, "-m", "sweeplab.cli"]
-    children = [subprocess.Popen([*exe, "serve", "--host", args.host, "--port", str(args.port)])]
+    # A line per request of the dashboard's polls would bury the workers' lines: asked for only.
+    quiet = ["--verbose"] if args.verbose else ["--no-access-log"]
+    children = [subprocess.Popen([*exe, "serve", "--host", args.host, "--port", str(args.port), *quiet])]
     pack = ["--pack-size", str(args.pack_size)] if args.pack_size else []
-    children += [subprocess.Popen([*exe, "worker", *pack]) for _ in range(args.workers)]
+    verbose = ["--verbose"] if args.verbose else []
+    children += [subprocess.Popen([*exe, "worker", *pack, *verbose]) for _ in range(args.workers)]
     print(f"sweeplab: dashboard on http://{args.host}:{args.port}/ with {args.workers} worker(s); Ctrl-C stops all",
           flush=True)
     stopping = False
@@ -192,6 +205,14 @@ def _spec_json(spec: dict[str, Any]) -> bytes:
     return json.dumps(spec, default=str).encode()
 
 
+def refusal(exc: ClientError) -> str:
+    """What the server's envelope says is wrong: every failing field (`loc: msg; ...`, where the
+    envelope's message names only the first few), else its message."""
+    if exc.fields:
+        return "; ".join(f"{f['loc']}: {f['msg']}" if f["loc"] else f["msg"] for f in exc.fields)
+    return str(exc).removeprefix(f"{exc.status_code}: ")
+
+
 def _post_spec(client: Any, path: str, spec: dict[str, Any], where: str) -> Any:
     from sweeplab.client import ClientError
 
@@ -202,7 +223,7 @@ def _post_spec(client: Any, path: str, spec: dict[str, Any], where: str) -> Any:
             raise CliError(f"{where}: not submitted: {one_line(exc)}; is `sweeplab serve` running? "
                            "(--url or SWEEPLAB_URL)") from None
         if exc.status_code == 422:
-            raise CliError(f"{where}: invalid spec: {one_line(str(exc).removeprefix('422: '))}") from None
+            raise CliError(f"{where}: invalid spec: {one_line(refusal(exc))}") from None
         if exc.status_code >= 500:
             raise CliError(f"{where}: the server failed ({one_line(exc)}); nothing more was submitted") from None
         raise CliError(f"{where}: refused: {one_line(exc)}") from None
@@ -240,29 +261,37 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweeplab", description="Run, watch and compare sweeps of small Keras models.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="libraries' log lines too (httpx, alembic, uvicorn's access log under `up`); "
+                             "SWEEPLAB_LOG_LEVEL sets sweeplab's own level")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="migrate, start the dashboard and N workers (Ctrl-C stops all)")
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    up = add("up", help="migrate, start the dashboard and N workers (Ctrl-C stops all)")
     up.add_argument("--workers", type=int, default=1)
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--pack-size", type=int, default=None)
     up.set_defaults(func=cmd_up)
-    serve = sub.add_parser("serve", help="start the web server (API and dashboard)")
+    serve = add("serve", help="start the web server (API and dashboard)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.set_defaults(func=cmd_serve)
-    worker = sub.add_parser("worker", help="claim and train queued runs")
+    worker = add("worker", help="claim and train queued runs")
     worker.add_argument("--pack-size", type=int, default=None, help="most runs trained as one model (1: no packing)")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)
-    mig = sub.add_parser("migrate", help="create or upgrade the database schema")
+    mig = add("migrate", help="create or upgrade the database schema")
     mig.set_defaults(func=cmd_migrate)
-    submit = sub.add_parser("submit", help="submit a sweep spec file (YAML or JSON; several YAML documents allowed)",
-                            epilog="exit status: 0 submitted (and, with --wait, every run succeeded); 1 with --wait "
-                                   "when some run did not succeed; 2 any error, reported in one line: the file "
-                                   "(missing, not YAML/JSON, not a valid spec) or the server (unreachable, "
-                                   "refusing); 130 interrupted")
+    submit = add("submit", help="submit a sweep spec file (YAML or JSON; several YAML documents allowed)",
+                 epilog="exit status: 0 submitted (and, with --wait, every run succeeded); 1 with --wait "
+                        "when some run did not succeed; 2 any error, reported in one line: the file "
+                        "(missing, not YAML/JSON, not a valid spec) or the server (unreachable, "
+                        "refusing); 130 interrupted")
     submit.add_argument("spec")
     submit.add_argument("--wait", action="store_true", help="show progress until the sweeps end")
     submit.add_argument("--url", default=os.environ.get("SWEEPLAB_URL", "http://127.0.0.1:8000"))
@@ -270,13 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_level() -> str | None:
+    """SWEEPLAB_LOG_LEVEL as Settings reads it; None (INFO) while the settings are invalid: the
+    command that needs them reports that in one line."""
+    from pydantic import ValidationError
+
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        return get_settings().log_level
+    except ValidationError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns what matters
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, _log_level())
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

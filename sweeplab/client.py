@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 MAX_SPEC_FILE_BYTES = 1_000_000
 DEFAULT_URL = "http://127.0.0.1:8000"
-ACTIVE = ("queued", "running")
+MAX_ERROR_TEXT = 300  # characters of an answer that is not sweeplab's envelope (a proxy's page)
 # The long-form metrics columns of GET /api/sweeps/{id}/metrics.jsonl (and .csv), with their types.
 COLUMNS = ("sweep", "config", "config_label", "seed", "run", "key", "epoch", "value")
 DTYPES = {"sweep": "int64", "config": "int64", "config_label": "object", "seed": "int64", "run": "int64",
@@ -34,11 +34,16 @@ DTYPES = {"sweep": "int64", "config": "int64", "config_label": "object", "seed":
 class ClientError(Exception):
     """The server refused a request, or could not be reached; the message says why.
 
-    `status_code` is the HTTP status (None when the server was not reached)."""
+    `status_code` is the HTTP status (None when the server was not reached); `code` and `fields`
+    come from sweeplab's error envelope, {"error": {"code", "message", "fields": [{"loc", "msg"}]}}
+    (`code` None and `fields` empty when the answer was not one, e.g. a proxy's error page)."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(self, message: str, status_code: int | None = None, code: str | None = None,
+                 fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.code = code
+        self.fields = fields or []
 
     @property
     def retryable(self) -> bool:
@@ -50,6 +55,22 @@ class ClientError(Exception):
         """The server is not there or not serving (unreachable, restarting behind a proxy, busy):
         every request would get the same answer for now, whatever it holds."""
         return self.status_code is None or self.status_code in (429, 502, 503, 504)
+
+
+def error_from(response: httpx.Response) -> ClientError:
+    """The ClientError of an error answer: its envelope's message, code and fields, or the start of
+    its text when it is not sweeplab's envelope."""
+    message, code, fields = response.text[:MAX_ERROR_TEXT], None, []
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        code = str(error["code"]) if error.get("code") else None
+        fields = [{"loc": str(f.get("loc", "")), "msg": str(f.get("msg", ""))}
+                  for f in error.get("fields") or () if isinstance(f, dict)]
+    return ClientError(f"{response.status_code}: {message}", response.status_code, code, fields)
 
 
 def load_spec_file(path: Path) -> list[dict[str, Any]]:
@@ -91,12 +112,7 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach sweeplab at {self.url}: {exc}") from exc
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                message = body.get("error", {}).get("message") or json.dumps(body.get("detail", body))
-            except ValueError:
-                message = response.text[:300]
-            raise ClientError(f"{response.status_code}: {message}", response.status_code)
+            raise error_from(response)
         return response
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -158,7 +174,7 @@ class Client:
             with self.http.stream("GET", f"/api/sweeps/{sweep_id}/metrics.jsonl", params=params) as response:
                 if response.status_code >= 400:
                     response.read()
-                    self._raise_for(response)
+                    raise error_from(response)
                 for line in response.iter_lines():
                     if line:
                         records.append(json.loads(line))
@@ -166,13 +182,6 @@ class Client:
             raise ClientError(f"cannot reach sweeplab at {self.url}: {exc}") from exc
         frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
         return frame.astype(DTYPES)
-
-    def _raise_for(self, response: httpx.Response) -> None:
-        try:
-            message = response.json().get("error", {}).get("message") or response.text[:300]
-        except ValueError:
-            message = response.text[:300]
-        raise ClientError(f"{response.status_code}: {message}", response.status_code)
 
     # External runs (what SweeplabCallback uses)
 
@@ -204,6 +213,12 @@ class Client:
 
     # Progress
 
+    def progress(self, sweep_ids: list[int]) -> dict[str, Any]:
+        """Runs ended, running, succeeded and failed, epochs done and left: {"sweeps": [{"id", ...}],
+        "total": {...}}, counted by the server in one request however many runs the sweeps hold."""
+        result: dict[str, Any] = self._call("GET", "/api/sweeps/progress", params={"ids": sweep_ids})
+        return result
+
     def wait(self, sweep_ids: list[int] | int, poll: float = 2.0, progress: bool = True,
              timeout: float | None = None) -> bool:
         """Block until no run of the sweeps is queued or running, showing runs done/total,
@@ -212,15 +227,14 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = SweepProgress(enabled=progress)
         try:
-            while True:
-                runs = [r for i in ids for r in self.runs(i)]
-                bar.update(runs)
-                if not any(r["status"] in ACTIVE for r in runs):
-                    return all(r["status"] == "succeeded" for r in runs)
+            while True:  # one request per tick, whatever the number of sweeps and runs
+                total: dict[str, int] = self.progress(ids)["total"]
+                bar.update(total)
+                if total["ended"] == total["runs"]:
+                    return total["succeeded"] == total["runs"]
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"sweeps {ids} still have active runs after {timeout} s")
-                # Listing runs costs more on big sweeps: poll them less often.
-                time.sleep(max(poll, len(runs) / 2000))
+                time.sleep(poll)
         finally:
             bar.close()
 
@@ -239,21 +253,11 @@ class SweepProgress:
                         file=file or sys.stderr, dynamic_ncols=True)
         self.start: tuple[float, int] | None = None
 
-    @staticmethod
-    def tally(runs: list[dict[str, Any]]) -> dict[str, int]:
-        """Runs ended and total; epochs trained so far and still to train."""
-        ended = sum(r["status"] not in ACTIVE for r in runs)
-        done = sum(max(r["last_epoch"], 0) for r in runs)
-        left = sum(max(r["epochs"] - max(r["last_epoch"], 0), 0) for r in runs if r["status"] in ACTIVE)
-        return {"ended": ended, "total": len(runs), "epochs_done": done, "epochs_left": left,
-                "running": sum(r["status"] == "running" for r in runs),
-                "failed": sum(r["status"] == "failed" for r in runs)}
-
-    def update(self, runs: list[dict[str, Any]]) -> str:
-        """Redraw from a fresh list of runs; returns the postfix (for tests and logs)."""
+    def update(self, t: dict[str, int]) -> str:
+        """Redraw from fresh totals (GET /api/sweeps/progress's `total`: runs, ended, running,
+        failed, epochs_done, epochs_left); returns the postfix (for tests and logs)."""
         from tqdm import tqdm
 
-        t = self.tally(runs)
         now = time.monotonic()
         if self.start is None:
             self.start = (now, t["epochs_done"])
@@ -261,7 +265,7 @@ class SweepProgress:
         rate = trained / elapsed if elapsed > 0 and trained > 0 else 0.0
         eta = tqdm.format_interval(t["epochs_left"] / rate) if rate > 0 else "?"
         postfix = f"{rate:.1f} epochs/s, ETA {eta}, {t['running']} running, {t['failed']} failed"
-        self.bar.total, self.bar.n = t["total"], t["ended"]
+        self.bar.total, self.bar.n = t["runs"], t["ended"]
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.refresh()
         return postfix

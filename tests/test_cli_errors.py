@@ -99,6 +99,35 @@ def test_specs_the_server_refuses(live_server: LiveServer, settings: Settings, t
     assert {s["study"] for s in httpx.get(f"{live_server.url}/api/sweeps").json()} == {"2024-05-01", None}
 
 
+def test_every_failing_field_is_named(live_server: LiveServer, settings: Settings, tmp_path: Path) -> None:
+    """The envelope's message names the first five fields; the line names all of them, from its fields."""
+    path = tmp_path / "many.yaml"
+    extras = [f"extra{i}" for i in range(6)]
+    path.write_text("name: many\nepochs: 0\n" + "".join(f"{e}: 1\n" for e in extras))
+    line = one_line_error(submit(path, live_server.url, settings), f"{path}: invalid spec: epochs: ")
+    for extra in extras:
+        assert f"{extra}: Extra inputs are not permitted" in line, line
+
+
+def test_libraries_log_only_warnings_unless_verbose(settings: Settings) -> None:
+    """Alembic's INFO lines (a dozen per migrate) only with --verbose; a bad SWEEPLAB_LOG_LEVEL is
+    the one-line settings error."""
+    def migrate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(sweeplab_command("migrate", *args), cwd=PROJECT_ROOT, env=settings_env(settings, **env),
+                              capture_output=True, text=True, timeout=60)
+
+    quiet = migrate()
+    assert quiet.returncode == 0 and quiet.stdout.startswith("database at revision"), quiet.stderr
+    assert quiet.stderr == ""
+    loud = migrate("--verbose")
+    assert loud.returncode == 0 and "INFO alembic.runtime.migration: " in loud.stderr, loud.stderr
+    assert migrate(SWEEPLAB_LOG_LEVEL="warning").stderr == ""
+    bad = migrate(SWEEPLAB_LOG_LEVEL="chatty")
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+    assert bad.stderr.splitlines() == [
+        "sweeplab migrate: invalid settings: log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"]
+
+
 class _Failing(BaseHTTPRequestHandler):
     """A server that fails every request: an HTML 502 from a proxy, or sweeplab's own 500 envelope."""
 

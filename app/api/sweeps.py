@@ -15,7 +15,7 @@ from app.config import Settings
 from app.datasets import check_available
 from app.errors import InvalidSpec
 from app.models import RunStatus
-from app.schemas import ConfigPublic, RunPublic, SweepPublic
+from app.schemas import ConfigPublic, RunPublic, SweepPublic, SweepsProgress
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
 from app.spec import SweepSpec, spec_yaml
@@ -131,6 +131,18 @@ def list_sweeps(engine: EngineDep, study: str | None = None, status: RunStatus |
                 limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[SweepPublic]:
     """Sweeps, newest first; filter by study, or by a status some of its runs have."""
     return sweep_service.list_sweeps(engine, study, status.value if status else None, limit, offset)
+
+
+MAX_PROGRESS_SWEEPS = 1000
+
+
+# Declared before /{sweep_id}, which would otherwise take "progress" for an id.
+@router.get("/progress", response_model=SweepsProgress)
+def read_progress(engine: EngineDep,
+                  ids: list[int] = Query(..., min_length=1, max_length=MAX_PROGRESS_SWEEPS,
+                                         description="sweep ids: ids=1&ids=2")) -> SweepsProgress:
+    """Runs ended, running, succeeded and failed, epochs done and left: of each sweep and in total."""
+    return sweep_service.progress(engine, ids)
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
