@@ -93,10 +93,11 @@ def _answer(request: Request, status: int, code: str, message: str,
     templates = getattr(getattr(request.scope.get("app"), "state", None), "templates", None)
     if _wants_json(request) or templates is None:
         return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
-    return templates.TemplateResponse(
+    page: Response = templates.TemplateResponse(
         request, "error.html", {"status": status, "code": code, "message": message}, status_code=status,
         headers=headers,
     )
+    return page
 
 
 def error_response_for_scope(scope: Scope, status: int, code: str, message: str,

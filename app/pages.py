@@ -54,7 +54,8 @@ def _render(request: Request, name: str, keys: Sequence[str] = (), **context: ob
     context["primary"] = metrics.describe(metrics.PRIMARY_KEY)
     context["can_cancel"], context["can_retry"] = statuses.can_cancel, statuses.can_retry
     context["status_label"] = statuses.label
-    return request.app.state.templates.TemplateResponse(request, name, context)
+    page: HTMLResponse = request.app.state.templates.TemplateResponse(request, name, context)
+    return page
 
 
 @lru_cache(maxsize=1)

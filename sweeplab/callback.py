@@ -90,7 +90,7 @@ def _is_array(v: Any) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "__len__")
 
 
-class _Progress(keras.callbacks.Callback):
+class _Progress(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """Keeps a run's heartbeats going while the callback evaluates epoch 0 (a long evaluation)."""
 
     def __init__(self, handle: RunHandle) -> None:
@@ -101,7 +101,7 @@ class _Progress(keras.callbacks.Callback):
         self.handle.touch()
 
 
-class SweeplabCallback(keras.callbacks.Callback):
+class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """Log a Keras fit to sweeplab as one run: epoch 0 (an evaluation before training), then
     every epoch's logs (any keys Keras reports), then succeeded or failed.
 

@@ -54,7 +54,7 @@ def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     return tf.einsum("rbi,rio->rbo", x, kernel) + bias[:, None, :]
 
 
-class PackedDense(keras.layers.Layer):
+class PackedDense(keras.layers.Layer):  # type: ignore[misc]  # Keras is untyped
     """R independent Dense layers: kernel (R, in, out), bias (R, out)."""
 
     def __init__(self, replicates: int, units: int, activation: str | None = None, **kwargs: object):
@@ -71,7 +71,7 @@ class PackedDense(keras.layers.Layer):
         return self.activation(dense(x, self.kernel, self.bias))
 
 
-class PackedMLP(keras.Model):
+class PackedMLP(keras.Model):  # type: ignore[misc]  # Keras is untyped
     """The study's MLP, R times over: (R, B, 784) or (B, 784) in, outputs (R, B, 10)."""
 
     def __init__(self, spec: TrainSpec, replicates: int):
@@ -150,7 +150,7 @@ class _Program:
         v = slots[1] + (tf.square(g) - slots[1]) * (1 - h["beta_2"])
         return w - (m * alpha) / (tf.sqrt(v) + h["epsilon"]), [m, v]
 
-    @tf.function(jit_compile=True, autograph=False)
+    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
     def train_steps(self, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
                     lr: tf.Tensor, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
                     n_steps: tf.Tensor) -> tuple[Any, ...]:
@@ -177,9 +177,10 @@ class _Program:
 
         out = tf.while_loop(lambda k, *_: k < n_steps, body,
                             (tf.constant(0), weights, slots, step, tf.zeros([r]), tf.zeros([r])))
-        return out[1:]
+        trained: tuple[Any, ...] = out[1:]  # the loop variables' structure: a tuple
+        return trained
 
-    @tf.function(jit_compile=True, autograph=False)
+    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
     def eval_chunk(self, weights: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor,
                    valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Summed loss and correct count per replicate over the first `valid` rows of x (C, 784)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,13 +16,13 @@ from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch
 STOP_CHECK_EVERY = 20  # batches between looks at the stop flag
 
 
-class _StopWhenAsked(keras.callbacks.Callback):
+class _StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     def __init__(self, should_stop: Callable[[], bool]) -> None:
         super().__init__()
         self.should_stop = should_stop
         self.stopped = False
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if batch % STOP_CHECK_EVERY == 0 and self.should_stop():
             self.stopped = True
             self.model.stop_training = True

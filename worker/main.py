@@ -51,7 +51,7 @@ def trainer_factory(settings: Settings) -> TrainerFactory:
     if settings.trainer == "fake":
         from worker.fake_trainer import FakeTrainer
 
-        return FakeTrainer  # type: ignore[return-value]
+        return FakeTrainer
     configure_tensorflow(settings)
     if settings.pack_size > 1:
         try:

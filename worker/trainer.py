@@ -52,7 +52,8 @@ class PreparedData:
         """Training targets as the loss wants them: integer labels, or one-hot for mse."""
         y = self.y_train if split == "train" else self.y_test
         if loss == "mse":
-            return np.eye(10, dtype=np.float32)[y]
+            one_hot: np.ndarray = np.eye(10, dtype=np.float32)[y]
+            return one_hot
         return y
 
 
