@@ -141,7 +141,7 @@ def test_queued_runs_refuse_epochs_and_finish(api: TestClient, engine: Engine) -
     run_id = runs_of(engine, make_sweep(engine).id)[0].id
     epoch = api.post(f"/api/runs/{run_id}/epochs", json={"epoch": 1, "metrics": {"loss": 1.0}})
     assert epoch.status_code == 409
-    assert set(epoch.json()["error"]) == {"code", "message"}
+    assert set(epoch.json()["error"]) == {"code", "message", "fields"} and epoch.json()["error"]["fields"] == []
     assert api.post(f"/api/runs/{run_id}/finish", json={"status": "succeeded"}).status_code == 409
     assert api.post("/api/runs/999999/epochs", json={"epoch": 1, "metrics": {}}).status_code == 404
 
