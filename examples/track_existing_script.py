@@ -48,7 +48,7 @@ testing_loss = []
 for key, model in models.items():
     print('\n')
     print(f'Model {key}:')
-    model.fit(x_train, y_train, epochs=20, validation_data=(x_test, y_test), callbacks=[SweeplabCallback(sweep="q5 softmax (notebook)", config={"hidden": [32], "output": "softmax", "optimizer": "adam"}, seed=int(key))])  # noqa: E501  # sweeplab
+    model.fit(x_train, y_train, epochs=20, validation_data=(x_test, y_test), callbacks=[SweeplabCallback(sweep="q5 softmax (notebook)", config={"hidden": [32], "output": "softmax", "optimizer": "adam"}, seed=int(key), validation_data=(x_test, y_test))])  # noqa: E501  # sweeplab
     # append training and testing loss vs. epoch lists for each model
     training_loss.append(model.history.history['loss'])
     testing_loss.append(model.history.history['val_loss'])
