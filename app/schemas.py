@@ -18,10 +18,11 @@ class StatusCounts(BaseModel):
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    pruned: int = 0
 
     @property
     def total(self) -> int:
-        return self.queued + self.running + self.succeeded + self.failed + self.cancelled
+        return self.queued + self.running + self.succeeded + self.failed + self.cancelled + self.pruned
 
     @property
     def active(self) -> int:

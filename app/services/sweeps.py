@@ -12,7 +12,7 @@ from app.errors import InvalidSpec, SweepNotFound
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunSource, RunStatus, Sweep, SweepKind
 from app.schemas import ConfigPublic, Progress, StatusCounts, SweepProgress, SweepPublic, SweepsProgress, iso
 from app.spec import SweepSpec, describe_params, storable
-from app.statuses import FINAL
+from app.statuses import FINAL, RETRYABLE
 
 INSERT_CHUNK = 1000
 QUEUED, RUNNING, CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
@@ -175,7 +175,7 @@ def retry_failed(engine: Engine, sweep_id: int) -> SweepPublic:
     with write_session(engine) as s:
         ids = list(s.scalars(select(Run.id).where(
             Run.sweep_id == sweep_id, Run.source == RunSource.QUEUE.value,
-            Run.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]))))
+            Run.status.in_([status.value for status in RETRYABLE]))))
         for table in (Metric, Artifact, Checkpoint):
             s.execute(delete(table).where(table.run_id.in_(ids)))
         s.execute(update(Run).where(Run.id.in_(ids))

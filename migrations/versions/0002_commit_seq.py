@@ -18,7 +18,7 @@ then aborts one as a deadlock and the reaper's next round redoes it.
 
 Caution for later revisions: an Alembic batch operation that recreates `runs` on SQLite drops its
 triggers and, with foreign keys on, deletes every row that references it (DROP TABLE cascades);
-tests/test_migrations.py checks that the triggers exist at head and that 0002 keeps the data.
+tests/integration/test_migrations.py checks that the triggers exist at head and that 0002 keeps the data.
 """
 
 from collections.abc import Sequence

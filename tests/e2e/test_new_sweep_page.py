@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import LiveServer
-from tests.test_pages import ARGS, CHROMIUM, Page, playwright_api, pytestmark  # noqa: F401  (its markers)
+from tests.e2e.test_pages import ARGS, CHROMIUM, Page, playwright_api, pytestmark  # noqa: F401  (its markers)
 
 
 @pytest.fixture(scope="module")

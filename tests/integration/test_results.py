@@ -16,7 +16,7 @@ from app.config import Settings
 from app.main import create_app
 from app.metrics import PRIMARY_KEY
 from app.services import results
-from tests.test_charts_api import WIDTHS_SPEC, seed_sweep, study_curve
+from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep, study_curve
 
 
 @pytest.fixture

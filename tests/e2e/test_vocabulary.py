@@ -22,9 +22,9 @@ from app.main import create_app
 from app.models import Run, RunStatus
 from app.services.runs import list_runs
 from tests.conftest import LiveServer
+from tests.e2e.test_pages import CHROMIUM, Page, browser, page  # noqa: F401  (fixtures)
 from tests.factories import make_sweep
-from tests.test_charts_api import WIDTHS_SPEC, seed_sweep
-from tests.test_pages import CHROMIUM, Page, browser, page  # noqa: F401  (fixtures)
+from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep
 
 VOCABULARY = re.compile(r'<script type="application/json" id="sweeplab-vocabulary">(.*?)</script>', re.S)
 EXTERNAL_KEY = "f1_macro"  # in no catalogue: only the external run below reports it

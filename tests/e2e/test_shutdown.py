@@ -18,9 +18,9 @@ from app.config import PROJECT_ROOT, Settings
 from app.db import get_engine
 from app.migrate import head_revision
 from app.models import Run, RunEvent, RunStatus
-from tests import test_crash
 from tests.conftest import free_port, healthy, settings_env, start_worker, sweeplab_command, wait_for
-from tests.test_crash import all_final, check_exactly_once, runs_held, submit
+from tests.e2e import test_crash
+from tests.e2e.test_crash import all_final, check_exactly_once, runs_held, submit
 
 # The crash tests' fixtures: short leases, one run per claim, worker fleets.
 crash_settings = test_crash.crash_settings

@@ -286,12 +286,18 @@ def test_heartbeats_keep_a_run_with_a_long_epoch_alive(stale_server: LiveServer)
     callback_base: Any = keras.callbacks.Callback
 
     class LongEpoch(callback_base):  # type: ignore[misc]
+        """Epoch 1 lasts three times the staleness: 8 batches of 0.75 s each. No epoch ends meanwhile;
+        only the heartbeats (sent while batches make progress) tell the server the fit is alive."""
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if self.epoch == 1:
+                time.sleep(3 * STALE / 8)
+
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            if epoch == 1:
-                time.sleep(3 * STALE)  # no epoch ends for three times the staleness
+            self.epoch = epoch
 
     rng = np.random.default_rng(0)
-    x, y = rng.random((64, 4)).astype("float32"), rng.integers(0, 2, 64)
+    x, y = rng.random((256, 4)).astype("float32"), rng.integers(0, 2, 256)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     cb = sweeplab_callback.SweeplabCallback(url=stale_server.url, sweep="long epoch", seed=0)

@@ -12,8 +12,8 @@ from sqlalchemy import Engine, update
 from app.db import write_session
 from app.models import Config
 from app.services import charts
-from tests.test_charts_api import WIDTHS_SPEC, seed_sweep
-from tests.test_pages import CHROMIUM, Page, browser, page  # noqa: F401  (fixtures)
+from tests.e2e.test_pages import CHROMIUM, Page, browser, page  # noqa: F401  (fixtures)
+from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.slow,

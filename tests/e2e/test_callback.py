@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from app.config import PROJECT_ROOT, Settings
 from sweeplab.client import Client
 from tests.conftest import LiveServer, settings_env, wait_for
-from tests.test_client import shared_server
+from tests.e2e.test_client import shared_server
 
 keras = pytest.importorskip("keras")
 from sweeplab import callback as sweeplab_callback  # noqa: E402  (needs keras)

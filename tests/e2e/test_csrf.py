@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import LiveServer, free_port, wait_for
-from tests.test_tokens import concrete, mutations
+from tests.e2e.test_tokens import concrete, mutations
 
 SPEC = {"name": "csrf", "epochs": 1, "replicates": 1}
 EVIL = "http://evil.example"

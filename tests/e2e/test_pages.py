@@ -23,7 +23,7 @@ from app.services import charts
 from app.services.queue import Claim, record_epoch
 from app.services.runs import list_runs
 from tests.conftest import LiveServer, start_worker
-from tests.test_charts_api import WIDTHS_SPEC, seed_sweep, study_curve
+from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep, study_curve
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
