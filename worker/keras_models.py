@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from app.metrics import ACCURACY
 from app.spec import TrainSpec
 from worker.trainer import State
 
@@ -40,7 +41,7 @@ def compiled_model(spec: TrainSpec, seed: int) -> keras.Sequential:
     """A fresh model whose initial weights come from `keras.utils.set_random_seed(seed)`."""
     keras.utils.set_random_seed(seed)
     model = build_model(spec)
-    model.compile(optimizer=build_optimizer(spec), loss=keras_loss(spec), metrics=["accuracy"])
+    model.compile(optimizer=build_optimizer(spec), loss=keras_loss(spec), metrics=[ACCURACY])  # Keras names it as we do
     return model
 
 

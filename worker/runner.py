@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.datasets import DatasetUnavailable, load
-from app.metrics import EPOCH_SECONDS
+from app.metrics import EPOCH_SECONDS, LOSS
 from app.models import RunStatus
 from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import (
@@ -232,8 +232,8 @@ class PackRunner:
             self._finish(claim, RunStatus.CANCELLED)
             log.info("run %d cancelled after epoch %d", run_id, epoch)
             self._drop(trainer, run_id)
-        elif not math.isfinite(metrics.get("loss", 0.0)):
-            self._finish(claim, RunStatus.FAILED, f"training diverged: the loss is {metrics['loss']} at epoch "
+        elif not math.isfinite(metrics.get(LOSS, 0.0)):
+            self._finish(claim, RunStatus.FAILED, f"training diverged: the loss is {metrics[LOSS]} at epoch "
                                                   f"{epoch} (a lower learning rate usually helps)")
             self._drop(trainer, run_id)
 

@@ -295,7 +295,8 @@ def reap_expired(engine: Engine) -> ReapResult:
             .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None, lease_expires_at=None)
             .returning(Run.id)
         ))
-        for ids, kind in ((cancelled, "cancelled"), (failed, "failed"), (requeued, "requeued")):
+        kinds = ((cancelled, RunStatus.CANCELLED.value), (failed, RunStatus.FAILED.value), (requeued, "requeued"))
+        for ids, kind in kinds:
             for run_id in ids:
                 _event(s, run_id, kind, None, None, "lease expired")
     return ReapResult(requeued, failed, cancelled)
