@@ -29,7 +29,8 @@ def test_create_sweep_queues_every_config_and_seed(api: TestClient) -> None:
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["runs"] == 6 and body["configs"] == 2
-    assert body["status_counts"] == {"queued": 6, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert body["status_counts"] == {"queued": 6, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
+                                     "pruned": 0}  # every RunStatus is counted
     runs = api.get(f"/api/sweeps/{body['id']}/runs").json()
     assert sorted((r["config"]["model"]["hidden"][0], r["seed"]) for r in runs) == [
         (16, 0), (16, 1), (16, 2), (64, 0), (64, 1), (64, 2)]
