@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from app.text import encodable, first_unencodable
+from app.text import encodable, first_unencodable, not_blank
 
 MAX_RUNS_PER_SWEEP = 10_000
 MAX_HIDDEN_LAYERS = 10
@@ -144,9 +144,7 @@ class SweepSpec(TrainSpec):
     @field_validator("name", "study")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip() if value is not None else None
+        return not_blank(value)
 
     @field_validator("seeds")
     @classmethod

@@ -33,3 +33,10 @@ def first_unencodable(value: Any, where: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+def not_blank(value: str | None) -> str | None:
+    """VALUE stripped of surrounding spaces; a ValueError (a 422 at its field) when nothing is left."""
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip() if value is not None else None

@@ -17,7 +17,7 @@ from app.api.deps import EngineDep, Guarded, SettingsDep
 from app.models import RunStatus
 from app.schemas import RunPublic
 from app.services import external as external_service
-from app.text import first_unencodable
+from app.text import first_unencodable, not_blank
 
 router = APIRouter(tags=["external runs"])
 
@@ -71,9 +71,7 @@ class ExternalRunCreate(_Strict):
     @field_validator("sweep", "study")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip() if value is not None else None
+        return not_blank(value)
 
     @field_validator("sweep", "study", "dataset", "host")
     @classmethod

@@ -10,7 +10,6 @@ the counter row only; a busy one reads what changed, through the (sweep_id, seq)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFound
 from app.models import Metric, Run, SweepSeq
+from app.numbers import finite_or_none
 from app.services.sweeps import get_sweep_row
 
 POINTS_PER_POLL = 1000  # a stream catching up polls again at once (app.api.stream)
@@ -59,10 +59,6 @@ def open_stream(engine: Engine, sweep_id: int, run_id: int | None) -> int:
         return sweep_seqs(s, [sweep_id])[sweep_id]
 
 
-def _num(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
 @dataclass
 class Changes:
     """What committed in (previous cursor, cursor]: metric points and the runs' statuses."""
@@ -95,6 +91,7 @@ def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str
             upto = rows[-1].seq
         runs_q = select(Run.id, Run.status).where(Run.sweep_id == sweep_id, Run.seq > cursor, Run.seq <= upto)
         runs = s.execute(runs_q.where(Run.id == run_id) if run_id is not None else runs_q).all()
-    points = [{"seq": seq, "run_id": run, "config_id": config, "key": key, "epoch": epoch, "value": _num(value)}
+    points = [{"seq": seq, "run_id": run, "config_id": config, "key": key, "epoch": epoch,
+               "value": finite_or_none(value)}
               for seq, run, config, key, epoch, value in rows]  # unpacked: a catching-up stream reads many
     return Changes(upto, points, {str(i): status for i, status in runs})
