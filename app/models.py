@@ -114,6 +114,7 @@ class Run(Base):
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
         Index("ix_runs_sweep_id_seq", "sweep_id", "seq"),
+        Index("ix_runs_program_status", "program", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -138,6 +139,23 @@ class Run(Base):
     train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))  # see SweepSeq
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # where and how it trained (0004)
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # free-form tags (MLflow's set-tag)
+    program: Mapped[str | None] = mapped_column(String(100))  # the training program it needs, if any
+    output: Mapped[str | None] = mapped_column(Text)  # bounded tail of a program's stdout and stderr
+
+
+class Worker(Base):
+    """A live worker: where it runs, which programs it offers, when it last said it is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    programs: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
 
 
 class Metric(Base):
