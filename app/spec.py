@@ -119,6 +119,36 @@ class TrainSpec(_Strict):
     batch_size: int = Field(default=32, ge=1, le=65_536)
 
 
+MAX_QUESTIONS = 20
+MAX_QUESTION_SWEEPS = 20
+SweepName = Annotated[StoredText, Field(min_length=1, max_length=200)]
+
+
+class Question(_Strict):
+    """A question of the study, answered on its study page: do the configs of the sweeps named in
+    `compare` differ in their final `metric` beyond seed noise? One name compares the configs of
+    that (grid) sweep with each other. Names are sweeps of the same study, resolved when the study
+    page is read (the study's sweeps arrive one spec at a time)."""
+
+    ask: StoredText = Field(min_length=1, max_length=300)
+    compare: list[SweepName] = Field(min_length=1, max_length=MAX_QUESTION_SWEEPS)
+    metric: StoredText | None = Field(default=None, min_length=1, max_length=100,
+                                      description="a metric key; default the primary metric")
+
+    @field_validator("ask", "metric")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        return not_blank(value)
+
+    @field_validator("compare")
+    @classmethod
+    def _distinct_names(cls, value: list[str]) -> list[str]:
+        names = [not_blank(v) or "" for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each sweep may be named once")
+        return names
+
+
 class SweepSpec(TrainSpec):
     """A sweep: a base config, the seeds to replicate over and the grid of settings to vary."""
 
@@ -128,6 +158,8 @@ class SweepSpec(TrainSpec):
     replicates: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, max_length=MAX_SEEDS)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    questions: list[Question] | None = Field(default=None, max_length=MAX_QUESTIONS,
+                                             description="questions of the study its study page answers")
 
     @model_validator(mode="before")
     @classmethod
