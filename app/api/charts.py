@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from app.api.deps import EngineDep, SettingsDep
 from app.metrics import CURVE_KEYS, PRIMARY_KEY
-from app.services import charts, dataset_views, results
+from app.services import charts, dataset_views, parcoords, results
 from app.services.charts import parse_ids
 from app.spec import StoredText
 
@@ -40,6 +40,15 @@ def read_sweep_table(sweep_id: int, engine: EngineDep) -> Response:
     """Per config: replicates done, final and best accuracy with 95% CI, epochs to 99%, wall time;
     and how to draw each swept setting on an axis."""
     return Response(results.final_table_json(engine, sweep_id), media_type="application/json")
+
+
+@router.get("/sweeps/{sweep_id}/parcoords")
+def read_sweep_parcoords(sweep_id: int, engine: EngineDep,
+                         metric: StoredText = Query(PRIMARY_KEY, max_length=200, description="the metric key")
+                         ) -> dict[str, Any]:
+    """Parallel coordinates of the configs with a succeeded run: one axis per varying setting, then
+    the mean final METRIC (also the colour), Plotly-ready."""
+    return parcoords.parcoords(engine, sweep_id, metric)
 
 
 @router.get("/configs/aggregates")
