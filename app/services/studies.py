@@ -1,4 +1,5 @@
-"""Studies: the sweeps that share a `study` name, rolled up for the index page."""
+"""Studies: the sweeps that share a `study` name, rolled up for the index page and read together
+for the study page (its questions are app.services.questions)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from app.db import read_session
+from app.errors import NotFound
 from app.models import Config, RunStatus
+from app.schemas import SweepPublic
+from app.services.results import best_configs
 from app.services.sweeps import list_sweeps
 
 MAX_SWEEPS = 1000  # the newest sweeps a roll-up reads
@@ -42,3 +46,21 @@ def list_studies(engine: Engine) -> list[dict[str, Any]]:
         if sw.id in singles:
             st["configs"].append(singles[sw.id])
     return sorted(studies.values(), key=lambda st: st["name"])
+
+
+def study_sweeps(engine: Engine, study: str) -> list[SweepPublic]:
+    """The sweeps of STUDY, oldest first (the order its spec file lists them in); NotFound when it has none."""
+    sweeps = list_sweeps(engine, study, limit=MAX_SWEEPS)
+    if not sweeps:
+        raise NotFound(f"study {study[:200]!r} not found")
+    return sweeps[::-1]
+
+
+def sweep_summaries(engine: Engine, sweeps: Sequence[SweepPublic]) -> list[dict[str, Any]]:
+    """What the study page shows of each sweep: name, description, kind, runs by status, number of
+    configs and its best config by mean final primary metric (app.services.results.best_configs)."""
+    best = best_configs(engine, [sw.id for sw in sweeps])
+    return [{"id": sw.id, "name": sw.name, "description": sw.spec.get("description"),
+             "kind": "external" if sw.spec.get("external") else "queued", "dataset": sw.dataset,
+             "runs": sw.runs, "configs": sw.configs, "status_counts": sw.status_counts.model_dump(),
+             "best": best.get(sw.id)} for sw in sweeps]
