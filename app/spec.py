@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -21,8 +22,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -107,6 +110,24 @@ class OptimizerSpec(_Strict):
         return self._rate_chosen
 
 
+PROGRAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
+PROGRAM_NAME_RULE = ("a program is named by its file in a worker's programs folder (SWEEPLAB_PROGRAMS_DIR) without "
+                     "'.py': a letter or _, then letters, digits, _ or -, at most 100 characters; no path")
+
+
+def _check_program_name(value: str | None) -> str | None:
+    if value is not None and not PROGRAM_NAME.fullmatch(value):
+        raise ValueError(PROGRAM_NAME_RULE)
+    return value
+
+
+# A training program a worker offers (worker.programs): only its name ever travels, never a path or command.
+ProgramName = Annotated[str | None, AfterValidator(_check_program_name)]
+# Fields added after configs were first hashed: left out of a dump while at their default, so that
+# every config that does not use them keeps its stored key (configs.key, content_key).
+OMITTED_AT_DEFAULT: dict[str, Any] = {"program": None}
+
+
 class TrainSpec(_Strict):
     """Everything one training run needs except its seed: a config."""
 
@@ -117,6 +138,17 @@ class TrainSpec(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=32, ge=1, le=65_536)
+    program: ProgramName = Field(
+        default=None, description="train with this program of the workers' programs folder instead of the built-in "
+                                  "trainer: the run's config (JSON), seed and epochs reach it in its environment")
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
 
 MAX_QUESTIONS = 20
