@@ -94,6 +94,9 @@ class RunPublic(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     train_seconds: float
+    provenance: dict[str, Any] | None = Field(
+        default=None, description="where and how it trained: versions, dataset sha256, host, CPU, GPU, packed "
+                                  "(fields: app.services.provenance); null before training starts")
 
 
 class Series(BaseModel):

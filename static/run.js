@@ -148,7 +148,30 @@ async function drawOutputs() {
   }, PLOT_CONFIG);
 }
 
+// Provenance: one term per recorded field, in the order the worker wrote them; earlier attempts of a
+// resumed run (where it began) after. Every value is text (el() never parses markup).
+const provenanceText = (v) => (v === true ? "yes" : v === false ? "no" : v === null ? "–" : String(v));
+
+let provenanceShown = false;
+
+function drawProvenance(provenance) {
+  const list = document.getElementById("provenance");
+  provenanceShown = Boolean(provenance && Object.keys(provenance).length);
+  if (!provenanceShown) {
+    list.replaceChildren(el("dt", {}, "not yet"), el("dd", { class: "muted" }, "recorded when the run starts training"));
+    return;
+  }
+  const { earlier = [], ...latest } = provenance;
+  const items = Object.entries(latest).flatMap(([k, v]) => [el("dt", {}, k.replaceAll("_", " ")), el("dd", {}, provenanceText(v))]);
+  for (const e of Array.isArray(earlier) ? earlier : []) {
+    const where = ["host", "trainer", "gpu"].filter((k) => k in e).map((k) => `${k} ${provenanceText(e[k])}`).join(" · ");
+    items.push(el("dt", {}, `earlier attempt ${provenanceText(e.attempt ?? "?")}`), el("dd", {}, where || "–"));
+  }
+  list.replaceChildren(...items);
+}
+
 async function main() {
+  drawProvenance(JSON.parse(document.getElementById("run-provenance").textContent));
   ({ series } = await api(`/api/runs/${run.id}/metrics`));
   await plotlyReady();
   await Promise.all([drawMetrics(), drawConfusion(), drawOutputs()]);
@@ -165,6 +188,11 @@ async function main() {
   const redraw = throttle(drawMetrics, 150);
   openStream((cursor) => `/api/sweeps/${run.sweep_id}/stream?run=${run.id}&cursor=${cursor ?? 0}`, {
     epochs: ({ points }) => {
+      // A worker records the provenance before the first epoch it trains: fetch it once epochs arrive.
+      if (!provenanceShown && points.length) {
+        provenanceShown = true;
+        api(`/api/runs/${run.id}`).then((r) => drawProvenance(r.provenance)).catch(() => { provenanceShown = false; });
+      }
       const counter = document.getElementById("run-epoch");
       for (const p of points) {
         const s = (series[p.key] ||= { epochs: [], values: [] });

@@ -38,6 +38,7 @@ from typing import Any
 
 import keras
 
+from app.machine import machine_facts
 from sweeplab.client import DEFAULT_URL
 from sweeplab.delivery import MAX_TRIES, RunHandle, flush, install_sigterm_handler, uploader_for
 
@@ -84,6 +85,20 @@ def clean_logs(logs: Mapping[str, Any] | None) -> dict[str, float | str | None]:
         except (TypeError, ValueError):
             continue
     return out
+
+
+CALLBACK_KIND = "keras_callback"
+
+
+def run_provenance(seed: int) -> dict[str, Any]:
+    """What the server records as the run's provenance (app.services.provenance): the seed, the
+    versions of sweeplab, Python, TensorFlow, Keras and NumPy, host and CPU (gathered once per
+    process); {} if gathering fails, so tracking goes on without it."""
+    try:
+        return {**machine_facts(), "seed": seed, "trainer": CALLBACK_KIND}
+    except Exception as exc:  # tracking must never break training
+        log.warning("sweeplab: no provenance for this run: %s", exc)
+        return {}
 
 
 def _is_array(v: Any) -> bool:
@@ -174,6 +189,8 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         create = {"sweep": self.sweep, "config": self.config, "seed": self.seed, "study": self.study,
                   "dataset": self.dataset, "epochs": int((self.params or {}).get("epochs") or 0),
                   "client_token": uuid.uuid4().hex, "host": f"{socket.gethostname()} pid {os.getpid()}"[:200]}
+        if provenance := run_provenance(self.seed):
+            create["provenance"] = provenance
         handle = RunHandle()
         self._handle, self._stop_logged, self._first_epoch = handle, False, True
         install_sigterm_handler()

@@ -39,6 +39,7 @@ from app.services.queue import (
     heartbeat,
     load_checkpoint,
     record_epoch,
+    record_provenance,
     release_run,
     requeue_crashed,
 )
@@ -54,6 +55,7 @@ from worker.artifacts import (
 )
 from worker.checkpoint import dump_state, load_state
 from worker.heartbeat import Heartbeat, Lease
+from worker.provenance import pack_provenance
 from worker.trainer import PreparedData, State, Trainer, TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
@@ -185,6 +187,7 @@ class PackRunner:
         if start > 0 and any(s is None for s in states):
             raise RuntimeError(f"no checkpoint to resume epoch {start} from")
         trainer = self.factory(spec, [c.seed for c in self.claims.values()], data, states)
+        self._record_provenance(trainer, spec)
         if start == 0:
             start = 1
             metrics = trainer.evaluate()
@@ -205,6 +208,21 @@ class PackRunner:
             for run_id in sorted(self.active):
                 self._record(trainer, run_id, epoch, results[self.index[run_id]], seconds)
         self._settle(trainer, data, spec)
+
+    def _record_provenance(self, trainer: Trainer, spec: TrainSpec) -> None:
+        """Record where and how this attempt trains (worker.provenance), fenced like every write; a
+        run whose lease is lost is dropped. Gathering it never fails the pack."""
+        live = self._live()
+        try:
+            records = pack_provenance(spec, self.settings, self.factory, [c.seed for c in live])
+        except Exception:
+            log.exception("runs %s: could not gather their provenance; training without it", [c.run_id for c in live])
+            return
+        by_run = {c.run_id: record for c, record in zip(live, records, strict=True)}
+        lost = self._db("record provenance", partial(record_provenance, self.engine, live, by_run))
+        for run_id in sorted(lost):
+            log.warning("run %d: lease lost before training; dropping it", run_id)
+            self._drop(trainer, run_id)
 
     def _data(self, spec: TrainSpec) -> PreparedData:
         if self.settings.trainer == "fake":

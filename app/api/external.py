@@ -26,6 +26,12 @@ MAX_KEYS_PER_EPOCH = 64
 MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 # JSON has no NaN or infinity: a client names them (the spellings of JavaScript and Python's float()).
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+MAX_PROVENANCE_KEYS = 50
+MAX_PROVENANCE_CHARS = 1024
+ProvenanceKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# A small flat record of short values (app.services.provenance names the fields a worker records).
+ProvenanceValue = (Annotated[bool, Field(strict=True)] | Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
+                   | float | Annotated[str, StringConstraints(max_length=MAX_PROVENANCE_CHARS)] | None)
 
 
 class _Strict(BaseModel):
@@ -67,6 +73,11 @@ class ExternalRunCreate(_Strict):
     client_token: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
                                      description="idempotency key: a retried create returns the same run")
     host: str | None = Field(default=None, max_length=200, description="where it trains, shown as its worker")
+    provenance: dict[ProvenanceKey, ProvenanceValue] | None = Field(
+        default=None, max_length=MAX_PROVENANCE_KEYS,
+        description=f"where and how it trains (python, tensorflow, keras, numpy, host, cpu, gpu, dataset_sha256, "
+                    f"...): at most {MAX_PROVENANCE_KEYS} keys, each value a number, boolean, null or text of at "
+                    f"most {MAX_PROVENANCE_CHARS} characters")
 
     @field_validator("sweep", "study")
     @classmethod
@@ -89,6 +100,14 @@ class ExternalRunCreate(_Strict):
         where = _first_nul(value, "config")
         if where is not None:
             raise ValueError(f"{where}: must not contain a NUL character")
+        return value
+
+    @field_validator("provenance")
+    @classmethod
+    def _provenance_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        where = first_unencodable(value, "provenance") or _first_nul(value, "provenance")
+        if where is not None:
+            raise ValueError(f"{where}: text must not hold a NUL or a lone surrogate character")
         return value
 
 
@@ -136,7 +155,8 @@ def create_external_run(body: ExternalRunCreate, response: Response, engine: Eng
     """Start a run trained outside sweeplab's workers, in the external sweep named `sweep`."""
     req = external_service.ExternalRunRequest(
         sweep=body.sweep, config=body.config, seed=body.seed, epochs=body.epochs, study=body.study,
-        dataset=body.dataset, client_token=body.client_token, host=body.host)
+        dataset=body.dataset, client_token=body.client_token, host=body.host,
+        provenance=body.provenance)
     run, created = external_service.create_external_run(engine, req, settings.max_runs_per_sweep)
     if not created:
         response.status_code = status.HTTP_200_OK

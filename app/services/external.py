@@ -98,6 +98,7 @@ class ExternalRunRequest:
     dataset: str | None = None
     client_token: str | None = None
     host: str | None = None
+    provenance: dict[str, Any] | None = None  # checked by the router: a small flat record
 
 
 def _lock(s: Session) -> None:
@@ -165,7 +166,7 @@ def create_external_run(engine: Engine, req: ExternalRunRequest, max_runs: int) 
             run_id = s.execute(insert(Run).values(
                 sweep_id=sweep.id, config_id=cfg.id, seed=req.seed, status=RunStatus.RUNNING.value,
                 source=EXTERNAL, attempt=1, max_attempts=1, epochs=req.epochs, last_epoch=-1,
-                cancel_requested=False, worker_id=req.host, client_token=req.client_token,
+                cancel_requested=False, worker_id=req.host, client_token=req.client_token, provenance=req.provenance,
                 created_at=db_now(), started_at=db_now(), heartbeat_at=db_now(), train_seconds=0.0,
             ).returning(Run.id)).scalar_one()
             s.execute(update(Sweep).where(Sweep.id == sweep.id).values(run_count=n + 1))

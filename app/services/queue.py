@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, dialect_insert, read_session, write_session
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunEvent, RunSource, RunStatus, metric_value
+from app.services.provenance import ATTEMPT, with_earlier
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,26 @@ def record_epoch(
         if artifacts:
             _put_artifacts(s, claim.run_id, artifacts)
     return WriteOutcome.CANCEL_REQUESTED if row.cancel_requested else WriteOutcome.OK
+
+
+def record_provenance(engine: Engine, claims: list[Claim], provenance: Mapping[int, dict[str, Any]]) -> set[int]:
+    """Store each held run's provenance for this attempt (PROVENANCE by run id), fenced, in one
+    transaction; the attempt's record goes on top and the run's earlier one into `earlier`
+    (app.services.provenance.with_earlier, idempotent on a retry). Answers the run ids whose lease
+    is lost (nothing is written for them)."""
+    lost: set[int] = set()
+    with write_session(engine) as s:
+        for claim in claims:
+            if claim.run_id not in provenance:
+                continue
+            held = s.execute(select(Run.provenance).where(_fence(claim.run_id, claim.token))
+                             .with_for_update()).first()
+            if held is None:
+                lost.add(claim.run_id)
+                continue
+            merged = with_earlier(held.provenance, {**provenance[claim.run_id], ATTEMPT: claim.attempt})
+            s.execute(update(Run).where(_fence(claim.run_id, claim.token)).values(provenance=merged))
+    return lost
 
 
 def finish_run(

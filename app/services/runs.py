@@ -19,7 +19,7 @@ def _public(run: Run, config: Config) -> RunPublic:
         attempt=run.attempt, max_attempts=run.max_attempts, epochs=run.epochs, last_epoch=run.last_epoch,
         cancel_requested=run.cancel_requested, worker=run.worker_id, error=run.error,
         created_at=iso(run.created_at), started_at=iso(run.started_at), finished_at=iso(run.finished_at),
-        heartbeat_at=iso(run.heartbeat_at), train_seconds=run.train_seconds,
+        heartbeat_at=iso(run.heartbeat_at), train_seconds=run.train_seconds, provenance=run.provenance,
     )
 
 
