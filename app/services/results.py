@@ -1,5 +1,6 @@
 """What a sweep's runs came to: the table of final metrics per config, comparisons between configs
-(Welch's test) and each sweep's best config (the index page). Read from succeeded runs only, so an
+(Welch's test) and each sweep's best config (the index page). Read from succeeded runs only, each
+run's final value as app.services.finals defines it (its largest epoch of the key), so an
 answer depends on run statuses alone and is cached while they hold (app.services.memo)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from app.numbers import finite_or_none
 from app.services import stats
 from app.services.axes import describe_axes
 from app.services.charts import config_rows, with_counts
+from app.services.finals import final_rows_query
 from app.services.memo import dumps, memo
 from app.services.moments import grouped_moments, sample_std
 from app.services.snapshots import Scope, Snapshot, snapshot
@@ -30,10 +32,7 @@ SUCCEEDED = RunStatus.SUCCEEDED.value
 def _final_rows(engine: Engine, scope: Scope) -> dict[str, Any]:
     done = and_(scope.where(), Run.status == SUCCEEDED)
     with read_session(engine) as s:
-        finals = s.execute(
-            select(Run.id, Run.config_id, Run.seed, Metric.key, Metric.value)
-            .join(Metric, and_(Metric.run_id == Run.id, Metric.epoch == Run.epochs))
-            .where(done, Metric.key.in_(FINAL_KEYS)).order_by(Run.id)).all()
+        finals = s.execute(final_rows_query(scope.where(), FINAL_KEYS)).all()
         bests = s.execute(
             select(Run.id, Metric.key, func.max(Metric.value))
             .join(Metric, Metric.run_id == Run.id)
@@ -134,9 +133,9 @@ def best_configs(engine: Engine, sweep_ids: Sequence[int]) -> dict[int, dict[str
     with that mean, its sample std (two-pass, app.services.moments) and n."""
     if not sweep_ids:
         return {}
-    finals = (select(Run.sweep_id.label("sweep"), Run.config_id.label("cid"), Metric.value.label("v"))
-              .join(Metric, and_(Metric.run_id == Run.id, Metric.epoch == Run.epochs, Metric.key == PRIMARY_KEY))
-              .where(Run.sweep_id.in_(list(sweep_ids)), Run.status == SUCCEEDED)).cte("finals")
+    rows_of = final_rows_query(Run.sweep_id.in_(list(sweep_ids)), [PRIMARY_KEY]).subquery("final_rows")
+    finals = (select(Run.sweep_id.label("sweep"), Run.config_id.label("cid"), rows_of.c.value.label("v"))
+              .join(rows_of, rows_of.c.id == Run.id)).cte("finals")
     with read_session(engine) as s:
         rows = s.execute(grouped_moments(finals, ["sweep", "cid"])).all()
         labels = dict(s.execute(select(Config.id, Config.label).where(Config.sweep_id.in_(list(sweep_ids)))).all())
