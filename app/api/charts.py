@@ -44,8 +44,8 @@ def read_sweep_table(sweep_id: int, engine: EngineDep) -> Response:
 
 @router.get("/sweeps/{sweep_id}/parcoords")
 def read_sweep_parcoords(sweep_id: int, engine: EngineDep,
-                         metric: StoredText = Query(PRIMARY_KEY, max_length=200, description="the metric key")
-                         ) -> dict[str, Any]:
+                         metric: StoredText = Query(PRIMARY_KEY, min_length=1, max_length=100,
+                                                    description="the metric key")) -> dict[str, Any]:
     """Parallel coordinates of the configs with a succeeded run: one axis per varying setting, then
     the mean final METRIC (also the colour), Plotly-ready."""
     return parcoords.parcoords(engine, sweep_id, metric)

@@ -1,29 +1,29 @@
 """A sweep's configs in parallel coordinates: one axis per setting that varies across its configs,
 then the mean final value of a metric, which also colours the lines. Plotly-ready (`parcoords`
-dimensions); shared by the sweep page and the report. Read from succeeded runs only, so it is
-cached while the sweep's run statuses hold (app.services.memo)."""
+dimensions); shared by the sweep page and the report. Settings are named as app.services.importance
+names its factors (an external config's nested keys as dotted paths, a config lacking a key as
+NOT_SET); finals are app.services.finals' (succeeded runs only), so the answer is cached while the
+sweep's run statuses hold (app.services.memo)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine
 
 from app import metrics
-from app.db import read_session
 from app.metrics import PRIMARY_KEY
-from app.models import Metric, Run, RunStatus
-from app.numbers import finite_or_none
+from app.services import stats
 from app.services.axes import describe_axis
 from app.services.charts import config_rows
+from app.services.finals import final_values
+from app.services.importance import NOT_SET, flatten
 from app.services.memo import memo
 from app.services.snapshots import Scope, snapshot
 from app.services.sweeps import get_sweep_row
 
-NOT_SET = "(not set)"  # the category of a config that lacks a setting others have (external sweeps)
 MAX_TICKS = 12  # a numeric axis with more distinct values than this gets Plotly's own ticks
 
 
@@ -73,26 +73,18 @@ def _dimension(path: str, values: list[Any], missing: bool, shown: list[dict[str
 
 
 def _mean_finals(engine: Engine, sweep_id: int, metric: str) -> dict[int, tuple[float, int]]:
-    """Per config: the mean of METRIC's finite final values over succeeded runs (each run's value
-    at its largest epoch of METRIC, as the table reads it), and how many there are."""
-    done = and_(Run.sweep_id == sweep_id, Run.status == RunStatus.SUCCEEDED.value)
-    last = (select(Metric.run_id.label("run_id"), func.max(Metric.epoch).label("epoch"))
-            .join(Run, Run.id == Metric.run_id).where(done, Metric.key == metric)
-            .group_by(Metric.run_id)).subquery("last_epochs")
-    with read_session(engine) as s:
-        rows = s.execute(
-            select(Run.config_id, Metric.value).join(last, last.c.run_id == Run.id)
-            .join(Metric, and_(Metric.run_id == Run.id, Metric.key == metric, Metric.epoch == last.c.epoch))).all()
-    values: dict[int, list[float]] = defaultdict(list)
-    for config_id, value in rows:
-        v = finite_or_none(value)
-        if v is not None:
-            values[config_id].append(v)
-    return {c: (math.fsum(vs) / len(vs), len(vs)) for c, vs in values.items()}
+    """Per config: the mean of METRIC's finite finals over succeeded runs (app.services.finals) and
+    how many there are."""
+    out = {}
+    for config_id, rows in final_values(engine, sweep_id=sweep_id, key=metric).items():
+        xs = stats.finite([v for _, _, v in rows])
+        if xs:
+            out[config_id] = (math.fsum(xs) / len(xs), len(xs))
+    return out
 
 
 def _parcoords(engine: Engine, sweep_id: int, metric: str) -> dict[str, Any]:
-    configs = config_rows(engine, Scope(sweep_id))
+    configs = [{**c, "params": flatten(c["params"] or {})} for c in config_rows(engine, Scope(sweep_id))]
     finals = _mean_finals(engine, sweep_id, metric)
     shown = [c for c in configs if c["id"] in finals]
     info = metrics.describe(metric)

@@ -79,8 +79,9 @@ def test_a_grid_sweep_has_an_axis_per_setting_and_the_mean_finals(client: TestCl
 
 
 def test_an_external_sweep_varies_by_its_config_keys(client: TestClient) -> None:
-    configs: list[dict[str, Any]] = [{"opt": "sgd", "lr": 0.1, "depth": 2}, {"opt": "adam", "lr": 0.1, "depth": 2},
-                                     {"opt": "adam", "lr": 0.5, "depth": 2, "dropout": True}]
+    configs: list[dict[str, Any]] = [{"opt": {"name": "sgd"}, "lr": 0.1, "depth": 2},
+                                     {"opt": {"name": "adam"}, "lr": 0.1, "depth": 2},
+                                     {"opt": {"name": "adam"}, "lr": 0.5, "depth": 2, "dropout": True}]
     finals = [0.5, 0.7, 0.9]
     for config, value in zip(configs, finals, strict=True):
         run = client.post("/api/external/runs", json={"sweep": "nb", "config": config, "seed": 0}).json()
@@ -89,8 +90,8 @@ def test_an_external_sweep_varies_by_its_config_keys(client: TestClient) -> None
         assert client.post(f"/api/runs/{run['id']}/finish", json={"status": "succeeded"}).status_code == 200
     body = client.get(f"/api/sweeps/{run['sweep_id']}/parcoords").json()
     dims = {d["label"].split(" ")[0]: d for d in body["dimensions"]}
-    assert set(dims) == {"opt", "lr", "dropout", "mean"}  # depth is the same everywhere: no axis
-    assert dims["opt"]["ticktext"] == ["sgd", "adam"] and dims["opt"]["values"] == [0, 1, 1]
+    assert set(dims) == {"opt.name", "lr", "dropout", "mean"}  # depth is the same everywhere: no axis
+    assert dims["opt.name"]["ticktext"] == ["sgd", "adam"] and dims["opt.name"]["values"] == [0, 1, 1]
     assert dims["lr"]["kind"] == "linear" and dims["lr"]["values"] == [0.1, 0.1, 0.5]
     assert dims["dropout"]["ticktext"] == ["true", NOT_SET] and dims["dropout"]["values"] == [1, 1, 0]
     assert body["color"] == pytest.approx(finals)
@@ -99,7 +100,7 @@ def test_an_external_sweep_varies_by_its_config_keys(client: TestClient) -> None
 def test_unknown_sweep_and_a_sweep_with_nothing_succeeded(client: TestClient, engine: Engine) -> None:
     missing = client.get("/api/sweeps/999999/parcoords")
     assert missing.status_code == 404 and missing.json()["error"]["code"]
-    assert client.get("/api/sweeps/1/parcoords", params={"metric": "x" * 201}).status_code == 422
+    assert client.get("/api/sweeps/1/parcoords", params={"metric": "x" * 101}).status_code == 422
     sweep = seed_sweep(engine, GRID, upto=lambda pos, seed: 1)
     body = client.get(f"/api/sweeps/{sweep.id}/parcoords").json()
     assert body["config_ids"] == [] and body["color"] == [] and body["configs"] == 6
