@@ -14,6 +14,7 @@ linear algebra are imported only when an importance is asked for.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,12 +86,6 @@ METHOD = ("An ANOVA of each succeeded replicate's final value (the value at the 
           f" config, with a fixed seed ({BOOTSTRAP_SEED}), so every call gives the same answer.")
 
 
-def _design(columns: list[np.ndarray], n: int) -> np.ndarray:
-    import numpy as np
-
-    return np.column_stack([np.ones(n), *columns]) if columns else np.ones((n, 1))
-
-
 def _basis(x: np.ndarray) -> np.ndarray:
     """An orthonormal basis of X's column space (rank-revealing: aliased columns add nothing)."""
     import numpy as np
@@ -100,29 +95,80 @@ def _basis(x: np.ndarray) -> np.ndarray:
     return u[:, s > tol]
 
 
-def _rss(basis: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """The residual sum of squares of each column of YS on the column space of BASIS."""
-    resid = ys - basis @ (basis.T @ ys)
-    return (resid * resid).sum(axis=0)  # type: ignore[no-any-return]
+Term = str | tuple[str, str]  # a factor's path, or a pair of them (their interaction)
 
 
-def importance_of(cells: Sequence[Cell], metric: str = PRIMARY_KEY) -> dict[str, Any]:
-    """The importance answer for CELLS (one per config): see the module's doc."""
+@dataclass
+class Design:
+    """A sweep's ANOVA design, one row per config: every model column is constant within a config,
+    so each fit is a weighted least squares of the config means (weights: replicates), plus the
+    within-config sum of squares, which every model leaves as residual."""
+
+    finals: list[tuple[Cell, list[float]]]  # configs with finite finals, and those finals
+    factors: list[str]  # the paths used as factors (aliases merged into the first: `names`)
+    names: dict[str, str]
+    levels: dict[str, list[str]]  # per factor, each config's level
+    pairs: list[tuple[str, str]]  # the interactions in the model
+    varying: list[str]  # every path that varies, aliases included
+    bases: dict[str, np.ndarray]  # "full" and, per term, "without:<term>" / "with:<term>" (weighted)
+
+    @property
+    def y(self) -> np.ndarray:
+        import numpy as np
+
+        return np.array([x for _, xs in self.finals for x in xs])
+
+    @property
+    def df_resid(self) -> int:
+        return int(sum(len(xs) for _, xs in self.finals) - self.bases["full"].shape[1])
+
+    def terms(self) -> list[Term]:
+        return [*self.factors, *self.pairs]
+
+    def sums_of_squares(self, ys: np.ndarray) -> dict[str, np.ndarray]:
+        """For each column of YS (observations in `finals` order): each term's Type II sum of squares
+        (key: its path, or "a:b"), the residual's and the total ("Residual", "Total")."""
+        import numpy as np
+
+        sizes = [len(xs) for _, xs in self.finals]
+        spans = list(itertools.pairwise(np.cumsum([0, *sizes])))
+        means = np.stack([ys[a:b].mean(axis=0) for a, b in spans])
+        within = sum(((ys[a:b] - means[i]) ** 2).sum(axis=0) for i, (a, b) in enumerate(spans))
+        root = np.sqrt(np.array(sizes, dtype=float))[:, None]
+        weighted = means * root
+
+        def between_rss(basis: np.ndarray) -> np.ndarray:
+            resid = weighted - basis @ (basis.T @ weighted)
+            return (resid * resid).sum(axis=0)  # type: ignore[no-any-return]
+
+        grand = ys.mean(axis=0)
+        out = {"Total": ((ys - grand) ** 2).sum(axis=0), "Residual": within + between_rss(self.bases["full"])}
+        for t in self.terms():
+            k = term_key(t)
+            out[k] = between_rss(self.bases[f"without:{k}"]) - between_rss(self.bases[f"with:{k}"])
+        return out
+
+
+def term_key(t: Term) -> str:
+    return t if isinstance(t, str) else f"{t[0]}:{t[1]}"
+
+
+def design_of(cells: Sequence[Cell], metric: str = PRIMARY_KEY) -> Design | str:
+    """The ANOVA design of CELLS, or why there is none (a sentence)."""
     import numpy as np
 
     finals = [(c, stats.finite(c.values)) for c in cells]
     finals = [(c, xs) for c, xs in finals if xs]
+    if not finals:
+        return f"No succeeded replicate has a final {metric} yet."
     paths: dict[str, None] = {}
     for c, _ in finals:
         paths.update(dict.fromkeys(c.settings))
     levels = {p: [level(c.settings[p]) if p in c.settings else NOT_SET for c, _ in finals] for p in paths}
     varying = [p for p in paths if len(set(levels[p])) > 1]
-    n_obs = sum(len(xs) for _, xs in finals)
-    if not finals:
-        return _empty(metric, f"No succeeded replicate has a final {metric} yet.")
     if not varying:
-        return _empty(metric, f"No setting varies across the configs with a final {metric}, so there is nothing"
-                              " to attribute its variance to.")
+        return f"No setting varies across the configs with a final {metric}, so there is nothing to attribute" \
+               " its variance to."
     # A setting that varies exactly with an earlier one (an external run's name and its width) is the
     # same factor: keep the first; its name says both.
     partitions: dict[tuple[int, ...], str] = {}
@@ -136,87 +182,107 @@ def importance_of(cells: Sequence[Cell], metric: str = PRIMARY_KEY) -> dict[str,
             partitions[key] = p
             names[p] = p
     factors = list(names)
-    y = np.array([x for _, xs in finals for x in xs])
-    per_obs = {p: [lv for lv, (_, xs) in zip(levels[p], finals, strict=True) for _ in xs] for p in factors}
-    sst = float(((y - y.mean()) ** 2).sum())
-    if sst == 0:
-        return _empty(metric, f"Every replicate has the same final {metric}: there is no variance to explain.",
-                      factors)
     pairs = [(a, b) for i, a in enumerate(factors) for b in factors[i + 1:]
              if len(set(zip(levels[a], levels[b], strict=True))) == len(set(levels[a])) * len(set(levels[b]))]
+    root = np.sqrt(np.array([len(xs) for _, xs in finals], dtype=float))
 
     def dummies(p: str) -> list[np.ndarray]:
-        values = sorted(set(per_obs[p]))
-        return [np.array([v == lv for v in per_obs[p]], dtype=float) for lv in values[1:]]
+        return [np.array([v == lv for v in levels[p]], dtype=float) for lv in sorted(set(levels[p]))[1:]]
 
     main = {p: dummies(p) for p in factors}
     inter = {(a, b): [da * db for da in main[a] for db in main[b]] for a, b in pairs}
 
     def basis_of(mains: Sequence[str], pair_terms: Sequence[tuple[str, str]]) -> np.ndarray:
-        cols = [col for p in mains for col in main[p]] + [col for ab in pair_terms for col in inter[ab]]
-        return _basis(_design(cols, len(y)))
+        cols = [np.ones(len(finals)), *(c for p in mains for c in main[p]),
+                *(c for ab in pair_terms for c in inter[ab])]
+        return _basis(np.column_stack(cols) * root[:, None])
 
+    n_obs = sum(len(xs) for _, xs in finals)
     full = basis_of(factors, pairs)
-    if pairs and len(y) - full.shape[1] <= 0:
+    if pairs and n_obs - full.shape[1] <= 0:
         pairs = []
         full = basis_of(factors, pairs)
-    if len(y) - full.shape[1] <= 0:
-        return _empty(metric, f"Too few replicates: {n_obs} finals of {metric} leave no residual degrees of freedom"
-                              " for the seeds' variation (give configs a second seed).", factors)
-
+    if n_obs - full.shape[1] <= 0:
+        return f"Too few replicates: {n_obs} finals of {metric} leave no residual degrees of freedom for the" \
+               " seeds' variation (give configs a second seed)."
     # Type II: a main effect is tested after the other main effects and the interactions without
     # it; an interaction after everything else.
-    terms: list[tuple[str | tuple[str, str], np.ndarray, np.ndarray]] = []
+    bases = {"full": full}
     for p in factors:
         others = [ab for ab in pairs if p not in ab]
-        rest = [q for q in factors if q != p]
-        terms.append((p, basis_of(rest, others), basis_of(factors, others)))
+        bases[f"without:{p}"] = basis_of([q for q in factors if q != p], others)
+        bases[f"with:{p}"] = basis_of(factors, others)
     for ab in pairs:
-        terms.append((ab, basis_of(factors, [q for q in pairs if q != ab]), full))
+        bases[f"without:{term_key(ab)}"] = basis_of(factors, [q for q in pairs if q != ab])
+        bases[f"with:{term_key(ab)}"] = full
+    return Design(finals, factors, names, {p: levels[p] for p in factors}, pairs, varying, bases)
 
-    # Bootstrap: replicates resampled within each config; the design stays as it is.
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    ys = np.empty((len(y), RESAMPLES))
-    start = 0
-    for _, xs in finals:
-        block = y[start:start + len(xs)]
-        ys[start:start + len(xs)] = block[rng.integers(0, len(xs), size=(len(xs), RESAMPLES))]
-        start += len(xs)
-    sst_boot = ((ys - ys.mean(axis=0)) ** 2).sum(axis=0)
+
+def bootstrap(design: Design, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """RESAMPLES columns of observations, each config's replicates drawn with replacement from its
+    own (a generator with a fixed SEED: the same columns every call)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    blocks = [np.asarray(xs)[rng.integers(0, len(xs), size=(len(xs), resamples))] for _, xs in design.finals]
+    return np.concatenate(blocks, axis=0)
+
+
+def importance_of(cells: Sequence[Cell], metric: str = PRIMARY_KEY) -> dict[str, Any]:
+    """The importance answer for CELLS (one per config): see the module's doc."""
+    import numpy as np
+
+    design = design_of(cells, metric)
+    if isinstance(design, str):
+        return _empty(metric, design)
+    y = design.y
+    sst = float(((y - y.mean()) ** 2).sum())
+    if sst == 0:
+        return _empty(metric, f"Every replicate has the same final {metric}: there is no variance to explain.",
+                      design.varying)
+    boot = design.sums_of_squares(bootstrap(design))
     with np.errstate(divide="ignore", invalid="ignore"):
-        shares_of = {name: (_rss(without, ys) - _rss(with_, ys)) / sst_boot for name, without, with_ in terms}
-        residual_boot = _rss(full, ys) / sst_boot
+        shares = {k: v / boot["Total"] for k, v in boot.items() if k != "Total"}
 
-    def interval(boot: np.ndarray) -> list[float | None]:
-        ok = boot[np.isfinite(boot)]
+    def interval(k: str) -> list[float | None]:
+        ok = shares[k][np.isfinite(shares[k])]
         if ok.size == 0:
             return [None, None]
         lo, hi = np.percentile(np.clip(ok, 0.0, 1.0), [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
         return [float(lo), float(hi)]
 
-    table = _anova_lm(y, factors, per_obs, pairs)
+    table = _anova_lm(y, design)
 
-    def entry(row: str) -> dict[str, Any]:
-        ss, f, p = table[row]
+    def entry(t: Term | None) -> dict[str, Any]:
+        ss, f, p = table[anova_row(design, t)]
         return {"eta_squared": finite_or_none(ss / sst), "F": finite_or_none(f), "p": finite_or_none(p),
                 "sum_sq": finite_or_none(ss)}
 
-    column = {p: f"f{i}" for i, p in enumerate(factors)}
-    out_factors = [{"name": names[p], **entry(f"C({column[p]})"), "ci": interval(shares_of[p]),
-                    "levels": sorted(set(per_obs[p]))} for p in factors]
-    out_inter = [{"names": [names[a], names[b]], **entry(f"C({column[a]}):C({column[b]})"),
-                  "ci": interval(shares_of[(a, b)])} for a, b in pairs]
-    resid_ss, _, _ = table["Residual"]
-    saturated = full.shape[1] == len(finals)  # the model has one mean per config: its residual is seed noise
-    residual = {"eta_squared": finite_or_none(resid_ss / sst), "ci": interval(residual_boot),
-                "df": int(len(y) - full.shape[1]), "seeds_only": saturated}
-    return {"metric": metric, "factors": out_factors, "interactions": out_inter, "residual": residual,
-            "observations": len(y), "varying": varying, "method": METHOD,
-            "text": _text(metric, out_factors, out_inter, residual)}
+    names = design.names
+    out_factors = [{"name": names[p], **entry(p), "ci": interval(p), "levels": sorted(set(design.levels[p]))}
+                   for p in design.factors]
+    out_inter = [{"names": [names[a], names[b]], **entry((a, b)), "ci": interval(term_key((a, b)))}
+                 for a, b in design.pairs]
+    saturated = design.bases["full"].shape[1] == len(design.finals)  # one mean per config: residual = seeds
+    residual = {**{k: v for k, v in entry(None).items() if k in ("eta_squared", "sum_sq")},
+                "ci": interval("Residual"), "df": design.df_resid, "seeds_only": saturated}
+    return stats.finite_tree({  # type: ignore[no-any-return]
+        "metric": metric, "factors": out_factors, "interactions": out_inter, "residual": residual,
+        "observations": len(y), "varying": design.varying, "method": METHOD,
+        "text": _text(metric, out_factors, out_inter, residual)})
 
 
-def _anova_lm(y: np.ndarray, factors: list[str], per_obs: dict[str, list[str]],
-              pairs: list[tuple[str, str]]) -> dict[str, tuple[float, float, float]]:
+def anova_row(design: Design, t: Term | None) -> str:
+    """The row of statsmodels' table for term T (None: the residual)."""
+    column = {p: f"f{i}" for i, p in enumerate(design.factors)}
+    if t is None:
+        return "Residual"
+    if isinstance(t, str):
+        return f"C({column[t]})"
+    return f"C({column[t[0]]}):C({column[t[1]]})"
+
+
+def _anova_lm(y: np.ndarray, design: Design) -> dict[str, tuple[float, float, float]]:
     """statsmodels' Type II table: per row name (`C(f0)`, `C(f0):C(f1)`, `Residual`), SS, F and p.
     Columns are named f0, f1, ... so no setting's path can break the formula."""
     import warnings
@@ -225,10 +291,11 @@ def _anova_lm(y: np.ndarray, factors: list[str], per_obs: dict[str, list[str]],
     from statsmodels.formula.api import ols
     from statsmodels.stats.anova import anova_lm
 
-    column = {p: f"f{i}" for i, p in enumerate(factors)}
-    frame = pd.DataFrame({"y": y, **{column[p]: per_obs[p] for p in factors}})
-    formula = "y ~ " + " + ".join([f"C({column[p]})" for p in factors]
-                                  + [f"C({column[a]}):C({column[b]})" for a, b in pairs])
+    sizes = [len(xs) for _, xs in design.finals]
+    columns = {f"f{i}": [lv for lv, n in zip(design.levels[p], sizes, strict=True) for _ in range(n)]
+               for i, p in enumerate(design.factors)}
+    frame = pd.DataFrame({"y": y, **columns})
+    formula = "y ~ " + " + ".join(anova_row(design, t) for t in design.terms())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an aliased design: its NaN rows are answered as null
         result = anova_lm(ols(formula, data=frame).fit(), typ=2)

@@ -13,6 +13,21 @@ from app.numbers import finite_or_none
 CONFIDENCE = 0.95
 
 
+def finite_tree(value: Any) -> Any:
+    """VALUE (dicts, lists, numbers) with every float that is not a real number as None and numpy
+    scalars as Python's: what a JSON answer can carry."""
+    if isinstance(value, dict):
+        return {k: finite_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_tree(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float) or hasattr(value, "item"):
+        number = value.item() if hasattr(value, "item") else value
+        return finite_or_none(float(number)) if isinstance(number, float) else number
+    return value
+
+
 def finite(values: Sequence[float | None]) -> list[float]:
     """The values that are real numbers (NaN, inf and None dropped)."""
     return [float(x) for x in map(finite_or_none, values) if x is not None]

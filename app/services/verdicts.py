@@ -218,10 +218,11 @@ def verdicts_of(groups: Sequence[Group], metric: str = PRIMARY_KEY, *, rank_key:
         c["text"] = _sentence(c, best or {"label": "", "n": 0}, metric, higher, used_key != metric)
     power = power_block([finals[g.config_id] for g in groups], detect)
     power["sentence"] = _power_sentence(power, metric)
-    return {"metric": metric, "higher_is_better": higher, "best_by": used_key if best is not None else None,
-            "best": best, "comparisons": comparisons, "power": power,
-            "method": _method(metric, used_key, higher, dropped, len(family)),
-            "dropped": dropped, "text": _summary(best, comparisons, metric)}
+    return stats.finite_tree({  # type: ignore[no-any-return]
+        "metric": metric, "higher_is_better": higher, "best_by": used_key if best is not None else None,
+        "best": best, "comparisons": comparisons, "power": power,
+        "method": _method(metric, used_key, higher, dropped, len(family)),
+        "dropped": dropped, "text": _summary(best, comparisons, metric)})
 
 
 def _summary(best: dict[str, Any] | None, comparisons: list[dict[str, Any]], metric: str) -> str:
