@@ -19,7 +19,7 @@ from app.api.deps import EngineDep
 from app.config_names import axis_groups, config_name
 from app.datasets import CLASS_NAMES
 from app.models import RunStatus
-from app.services import charts, dataset_views, metric_keys, results, studies
+from app.services import charts, dataset_views, metric_keys, questions, results, studies
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
 from app.services.charts import parse_ids
@@ -123,6 +123,14 @@ def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
             "artifacts": [a.name for a in artifacts]}
     return _render(request, "run.html", keys, run=run, sweep=sweep, artifacts=artifacts, data=data,
                    final=statuses.is_final(run.status))
+
+
+@router.get("/studies/{study}", response_class=HTMLResponse)
+def study_page(study: str, request: Request, engine: EngineDep) -> HTMLResponse:
+    """Every sweep of a study together and its declared questions answered (app.services.questions)."""
+    overview = questions.study_overview(engine, study)
+    keys = [q["metric"] for q in overview["questions"]]
+    return _render(request, "study.html", keys, study=overview, data=overview)
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -12,28 +12,28 @@ a question declared twice in the same words (by both submissions) is answered on
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, select
 
 from app import metrics
 from app.config_names import config_name
 from app.db import read_session
-from app.models import Config, Metric, Run, RunStatus
-from app.numbers import finite_or_none
+from app.models import Config, RunStatus
 from app.schemas import SweepPublic
-from app.services import stats
-from app.services.studies import study_sweeps
-from app.services.verdicts import config_verdicts
+from app.services import finals, stats
+from app.services.studies import study_sweeps, sweep_summaries
+from app.services.verdicts import config_verdicts, unit_of
 from app.spec import Question
 
 MAX_STUDY_QUESTIONS = 50  # answered per study page; the rest are counted in `questions_left_off`
 MAX_QUESTION_CONFIGS = 100  # configs one question may compare (a chart and a family of tests)
 ALPHA = 0.05
-TESTED = ("worse", "indistinguishable", "better")
+TESTED = ("worse", "indistinguishable", "better", "higher", "lower")
 
 
 def declared_questions(sweeps: Sequence[SweepPublic]) -> list[Question]:
@@ -54,24 +54,18 @@ def declared_questions(sweeps: Sequence[SweepPublic]) -> list[Question]:
 
 
 def final_values(engine: Engine, config_ids: Sequence[int], metric: str) -> dict[int, list[dict[str, Any]]]:
-    """Per config, its succeeded runs' final value of METRIC (the value at the run's last epoch):
-    [{"run_id", "seed", "value"}], value None when it is not a finite number."""
-    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    """Per config, its succeeded runs' final METRIC (app.services.finals: the value at the last epoch
+    the run logged it), [{"run_id", "seed", "value"}], value None when it is not a real number."""
     if not config_ids:
-        return out
-    with read_session(engine) as s:
-        rows = s.execute(
-            select(Run.config_id, Run.id, Run.seed, Metric.value)
-            .join(Metric, and_(Metric.run_id == Run.id, Metric.epoch == Run.epochs, Metric.key == metric))
-            .where(Run.config_id.in_(list(config_ids)), Run.status == RunStatus.SUCCEEDED.value)
-            .order_by(Run.id)).all()
-    for config_id, run_id, seed, value in rows:
-        out[config_id].append({"run_id": run_id, "seed": seed, "value": finite_or_none(value)})
-    return out
+        return {}
+    found = finals.final_values(engine, config_ids=config_ids, key=metric)
+    return {config_id: [{"run_id": r, "seed": seed, "value": v} for r, seed, v in rows]
+            for config_id, rows in found.items()}
 
 
-def _configs_of(engine: Engine, sweeps: Sequence[SweepPublic]) -> list[dict[str, Any]]:
-    """The configs of SWEEPS in their order (and each sweep's config order)."""
+def _configs_of(engine: Engine, sweeps: Sequence[SweepPublic], within: bool) -> list[dict[str, Any]]:
+    """The configs of SWEEPS in their order (and each sweep's config order), named for a question
+    about one sweep (WITHIN) or several."""
     ids = [sw.id for sw in sweeps]
     with read_session(engine) as s:
         rows = s.execute(select(Config.id, Config.sweep_id, Config.label).where(Config.sweep_id.in_(ids))
@@ -79,96 +73,112 @@ def _configs_of(engine: Engine, sweeps: Sequence[SweepPublic]) -> list[dict[str,
     by_sweep: dict[int, list[Any]] = defaultdict(list)
     for r in rows:
         by_sweep[r.sweep_id].append(r)
-    names = {sw.id: sw.name for sw in sweeps}
-    within = len(sweeps) == 1
-    return [{"config_id": r.id, "sweep_id": r.sweep_id, "label": r.label,
-             "name": config_name(names[r.sweep_id], r.label, within_sweep=within)}
+    def name(sw: SweepPublic, label: str) -> str:
+        # Several sweeps: a sweep of one config goes by its name (an external config's label is
+        # its settings), the configs of a grid by the sweep's name and their label; one sweep: labels.
+        if not within and len(by_sweep[sw.id]) == 1:
+            return sw.name
+        return config_name(sw.name, label, within_sweep=within)
+
+    return [{"config_id": r.id, "sweep_id": r.sweep_id, "label": r.label, "name": name(sw, r.label)}
             for sw in sweeps for r in by_sweep[sw.id]]
 
 
 # ---- the sentence ----------------------------------------------------------------------------
 
+def _digits(spread: float | None) -> int:
+    """Decimals that show SPREAD (a CI half-width, in written units) to one significant digit, 1 to 6."""
+    if spread is None or not math.isfinite(spread) or spread <= 0:
+        return 1
+    return int(min(6, max(1, -math.floor(math.log10(spread)))))
+
+
 class _Units:
-    """How METRIC's differences are spoken: accuracies (fractions) in percentage points."""
+    """How METRIC's values and differences are written: accuracies (fractions) in percent and
+    percentage points (app.services.verdicts.unit_of), other metrics in their own units."""
 
     def __init__(self, metric: str) -> None:
-        self.percent = metrics.describe(metric).format == "percent"
-
-    def __call__(self, value: float) -> str:
-        return f"{100 * value:.1f}" if self.percent else f"{value:.3g}"
+        self.scale, self.unit = unit_of(metric)
+        self.percent = self.scale != 1.0
 
     def amount(self, diff: float, ci: Sequence[float | None] | None) -> str:
-        """'3.2 ± 0.4 points' (the difference with the half-width of its 95% CI)."""
-        unit = " points" if self.percent else ""
-        if ci and ci[0] is not None and ci[1] is not None:
-            return f"{self(abs(diff))} ± {self((ci[1] - ci[0]) / 2)}{unit}"
-        return f"{self(abs(diff))}{unit}"
+        """'3.2 ± 0.4 points': the size of a difference with the half-width of its 95% CI."""
+        if ci and ci[0] is not None and ci[1] is not None and ci[1] > ci[0]:
+            half = (ci[1] - ci[0]) / 2 * self.scale
+            d = _digits(half)
+            return f"{abs(diff) * self.scale:.{d}f} ± {half:.{d}f}{self.unit}"
+        return f"exactly {abs(diff) * self.scale:.{_digits(abs(diff) * self.scale / 10)}f}{self.unit}"
 
     def level(self, mean: float | None, ci: Sequence[float | None] | None) -> str:
+        """'97.1 ± 0.2%': a mean with the half-width of its 95% CI."""
         if mean is None:
             return "no value"
         suffix = "%" if self.percent else ""
         if ci and ci[0] is not None and ci[1] is not None:
-            return f"{self(mean)} ± {self((ci[1] - ci[0]) / 2)}{suffix}"
-        return f"{self(mean)}{suffix}"
+            half = (ci[1] - ci[0]) / 2 * self.scale
+            d = _digits(half)
+            return f"{mean * self.scale:.{d}f} ± {half:.{d}f}{suffix}"
+        return f"{mean * self.scale:.{_digits(abs(mean) * self.scale / 100)}f}{suffix}"
 
 
-def _p(value: float | None, adjusted: bool) -> str:
-    if value is None:
-        return "no test applies"
-    words = stats.p_in_words(value)
-    return f"adjusted {words}" if adjusted else words
+def _p(c: dict[str, Any], family: int) -> str:
+    """Welch's p of one comparison, Holm-adjusted when the question makes several."""
+    if c.get("exact"):
+        return "no spread in either config, so the difference is exact"
+    if family > 1:
+        return f"adjusted {stats.p_in_words(c['p_holm'])}"
+    return stats.p_in_words(c["p"])
 
 
-def _names(items: Sequence[str]) -> str:
-    return ", ".join(items)
+def _name(c: dict[str, Any], names: dict[int, str]) -> str:
+    return names.get(c["config_id"]) or str(c["label"])
+
+
+def _names(cs: Sequence[dict[str, Any]], names: dict[int, str]) -> str:
+    return ", ".join(_name(c, names) for c in cs)
+
+
+WORDS = {"worse": "worse", "better": "better", "higher": "higher", "lower": "lower"}
 
 
 def _pair_sentence(v: dict[str, Any], c: dict[str, Any], names: dict[int, str], units: _Units) -> str:
-    """Two configs: the better one first, by how much, Welch's p (one comparison: Holm changes nothing)."""
+    """Two configs: the better one first, by how much, and Welch's p."""
     best = v["best"]
-    b, o = names.get(best["config_id"], best["label"]), names.get(c["config_id"], c["label"])
-    seeds = f"{best['n']} vs {c['n']} seeds"
+    b, o = _name(best, names), _name(c, names)
     verdict, diff = c.get("verdict"), c.get("difference")
-    if verdict == "too_few" or diff is None:
+    if verdict not in TESTED or diff is None or c.get("p") is None:
         return (f"Too few succeeded replicates to tell: {b} has {best['n']}, {o} has {c['n']}; "
                 "at least 2 each are needed.")
-    if c.get("p") is None:
-        return str(c.get("text") or f"{b} and {o} differ by {units.amount(diff, None)}; no test applies; {seeds}.")
-    p = _p(c["p"], adjusted=False)
+    amount, p = units.amount(diff, c.get("ci")), _p(c, 1)
     if verdict == "worse":
-        return f"{b} is better than {o} by {units.amount(diff, c.get('ci'))}, {p}; {seeds}."
-    if verdict == "better":
-        return f"{o} is better than {b} by {units.amount(diff, c.get('ci'))}, {p}; {c['n']} vs {best['n']} seeds."
-    other_ahead = diff > 0 if v.get("higher_is_better", True) is not False else diff < 0
-    ahead = o if other_ahead else b
-    return (f"{b} and {o} are indistinguishable beyond seed noise: {ahead} is ahead by "
-            f"{units.amount(diff, c.get('ci'))}, {p}; {seeds}.")
+        return f"{b} is better than {o} by {amount}, {p}; {best['n']} vs {c['n']} seeds."
+    if verdict in WORDS:  # better, higher, lower: the other config against the best
+        return f"{o} is {WORDS[verdict]} than {b} by {amount}, {p}; {c['n']} vs {best['n']} seeds."
+    higher = v.get("higher_is_better") is not False
+    ahead, behind = (o, b) if (diff > 0) == higher and diff != 0 else (b, o)
+    return (f"{b} and {o} are indistinguishable beyond seed noise: {ahead} is ahead of {behind} by {amount}, "
+            f"{p}; {best['n']} vs {c['n']} seeds.")
 
 
 def _family_sentence(v: dict[str, Any], names: dict[int, str], units: _Units) -> str:
+    """Three or more configs: the best, then the others grouped by verdict (Holm-adjusted p)."""
     best = v["best"]
-    b = names.get(best["config_id"], best["label"])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in v["comparisons"]:
-        groups[c.get("verdict") if c.get("verdict") in TESTED else "too_few"].append(c)
-    parts = [f"Best: {b} ({units.level(best['mean'], best.get('ci'))}, {best['n']} seeds)"]
-    if groups["better"]:
-        parts.append(f"better than it: {_names([names.get(c['config_id'], c['label']) for c in groups['better']])}")
-    if groups["indistinguishable"]:
-        low = min(c["p_holm"] for c in groups["indistinguishable"] if c.get("p_holm") is not None) \
-            if any(c.get("p_holm") is not None for c in groups["indistinguishable"]) else None
-        tail = f" (adjusted p ≥ {low:.2f})" if low is not None else ""
-        parts.append("indistinguishable from it beyond seed noise"
-                     f"{tail}: {_names([names.get(c['config_id'], c['label']) for c in groups['indistinguishable']])}")
-    if groups["worse"]:
-        high = max(c["p_holm"] for c in groups["worse"])
-        p = "adjusted p < 0.001" if high < 0.001 else f"adjusted p ≤ {high:.3f}" if high < 0.01 else \
-            f"adjusted p ≤ {high:.2f}"
-        parts.append(f"worse ({p}): {_names([names.get(c['config_id'], c['label']) for c in groups['worse']])}")
+        groups[c["verdict"] if c.get("verdict") in TESTED else "too_few"].append(c)
+    parts = [f"Best: {_name(best, names)} ({units.level(best['mean'], best.get('ci'))}, {best['n']} seeds)"]
+    same = groups["indistinguishable"]
+    if same:
+        low = min(c["p_holm"] for c in same)
+        parts.append(f"indistinguishable from it beyond seed noise (adjusted p ≥ {low:.2f}): {_names(same, names)}")
+    for verdict, word in WORDS.items():
+        group = groups[verdict]
+        if group:
+            high = max(c["p_holm"] for c in group)
+            p = "adjusted p < 0.001" if high < 0.001 else f"adjusted p ≤ {high:.3f}"
+            parts.append(f"{word} than it ({p}): {_names(group, names)}")
     if groups["too_few"]:
-        parts.append("too few succeeded replicates to tell: "
-                     f"{_names([names.get(c['config_id'], c['label']) for c in groups['too_few']])}")
+        parts.append(f"too few succeeded replicates to tell: {_names(groups['too_few'], names)}")
     return "; ".join(parts) + "."
 
 
@@ -213,10 +223,10 @@ def answer_question(engine: Engine, question: Question, sweeps_by_name: dict[str
     metric = question.metric or metrics.PRIMARY_KEY
     found = [sweeps_by_name[n] for n in question.compare if n in sweeps_by_name]
     missing = [n for n in question.compare if n not in sweeps_by_name]
-    configs = _configs_of(engine, found) if found else []
+    configs = _configs_of(engine, found, within=len(question.compare) == 1) if found else []
     config_ids = [c["config_id"] for c in configs]
     answerable = not missing and 0 < len(config_ids) <= MAX_QUESTION_CONFIGS
-    verdicts = config_verdicts(engine, config_ids, metric=metric) if answerable else None
+    verdicts = config_verdicts(engine, config_ids, metric=metric, best_by=metric) if answerable else None
     names = {c["config_id"]: c["name"] for c in configs}
     shown = configs[:MAX_QUESTION_CONFIGS]
     info = metrics.describe(metric)
@@ -243,4 +253,19 @@ def study_questions(engine: Engine, study: str) -> list[dict[str, Any]]:
     return answer_questions(engine, study_sweeps(engine, study))[0]
 
 
-__all__ = ["answer_questions", "answer_text", "declared_questions", "final_values", "study_questions"]
+def study_overview(engine: Engine, study: str) -> dict[str, Any]:
+    """What GET /api/studies/{study} and the study page show: {"study", "runs", "status_counts",
+    "sweeps": [sweep_summaries' rows, oldest first], "questions": [study_questions' answers],
+    "questions_left_off"}. NotFound for a study without sweeps."""
+    sweeps = study_sweeps(engine, study)
+    summaries = sweep_summaries(engine, sweeps)
+    counts = dict.fromkeys((s.value for s in RunStatus), 0)
+    for sw in summaries:
+        for status, n in sw["status_counts"].items():
+            counts[status] += n
+    answered, left_off = answer_questions(engine, sweeps)
+    return {"study": study, "runs": sum(sw["runs"] for sw in summaries), "status_counts": counts,
+            "sweeps": summaries, "questions": answered, "questions_left_off": left_off}
+
+
+__all__ = ["answer_questions", "answer_text", "declared_questions", "final_values", "study_overview", "study_questions"]
