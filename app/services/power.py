@@ -23,9 +23,11 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float | None:
     for xs in groups:
         if len(xs) < 2:
             continue
+        den += len(xs) - 1
+        if min(xs) == max(xs):
+            continue  # no spread: exactly 0, whatever the rounding of its mean
         mean = math.fsum(xs) / len(xs)
         num += math.fsum((x - mean) ** 2 for x in xs)
-        den += len(xs) - 1
     return math.sqrt(num / den) if den else None
 
 

@@ -62,6 +62,13 @@ def _number(x: float, decimals: int, signed: bool = False) -> str:
     return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
 
 
+def short(x: float) -> str:
+    """X with two significant digits and no exponent: 1.6, 0.5, 0.016, 150."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    return f"{x:.{max(0, 1 - math.floor(math.log10(abs(x))))}f}"
+
+
 def adjusted_p(p: float) -> str:
     """'adjusted p = 0.62', 'adjusted p < 0.001'."""
     return f"adjusted {stats.p_in_words(p)}"
@@ -92,11 +99,11 @@ def _welch(xs: list[float], best: list[float]) -> dict[str, Any]:
     """XS minus BEST: difference, 95% Welch CI, Welch's p. With no spread in either group the
     difference is exact: the CI is the difference itself and p is Welch's limit as the spread goes
     to zero (0 when the means differ, 1 when they are equal); `exact` says so."""
+    if min(xs) == max(xs) and min(best) == max(best):  # no spread (whatever the rounding of a mean)
+        diff = xs[0] - best[0]
+        return {"difference": diff, "ci": [diff, diff], "p": 0.0 if diff != 0 else 1.0, "df": None, "exact": True}
     cmp = stats.welch(best, xs)
-    assert cmp.diff is not None
-    if cmp.p is None:  # both groups without spread (each has 2+ values: too_few is decided before)
-        return {"difference": cmp.diff, "ci": [cmp.diff, cmp.diff], "p": 0.0 if cmp.diff != 0 else 1.0,
-                "df": None, "exact": True}
+    assert cmp.diff is not None and cmp.p is not None
     return {"difference": cmp.diff, "ci": [cmp.ci_low, cmp.ci_high], "p": cmp.p, "df": cmp.df, "exact": False}
 
 
@@ -133,7 +140,8 @@ def _method(metric: str, rank_key: str, higher_is_better: bool | None, dropped: 
         f"Each run's final {metric} is its value at the last epoch it logged {metric}; only succeeded runs count"
         f" and finals that are not real numbers (NaN, infinite) are dropped ({dropped} dropped here). For {metric}"
         f" {direction}. Configs with fewer than 2 finals are marked too_few and left out of the comparisons. The best"
-        f" config is the one with the best mean among the others, {ranked}. Every other config is compared with it:"
+        f" config is the one with the best mean among the configs with at least 2 finals, {ranked}. Every other"
+        f" config is compared with it:"
         f" the difference of means (config minus best) with a 95% confidence interval from Welch's t distribution"
         f" (Welch-Satterthwaite degrees of freedom), Welch's two-sided p (scipy.stats.ttest_ind, equal_var=False),"
         f" and Holm's step-down adjustment over the family of all {family} comparisons with the best"
@@ -154,13 +162,11 @@ def _power_sentence(block: dict[str, Any], metric: str) -> str:
     n = block["n"]
     seeds = f"{n:g} seeds" if isinstance(n, float) else _seeds(n)
     dd = block["detectable_difference"] * scale
-    dec = _decimals(dd / 10)
-    text = f"with {seeds} this sweep can tell apart differences of {_number(dd, dec)}{unit} or more"
+    text = f"with {seeds} this sweep can tell apart differences of {short(dd)}{unit} or more"
     if block["detect"] is not None:
-        want = block["detect"] * scale
         need = block["replicates_needed"]
         needs = f"{need} seeds per config" if need is not None else "more seeds than can be counted"
-        text += f"; {_number(want, _decimals(want / 10))}{unit} would need {needs}"
+        text += f"; {short(block['detect'] * scale)}{unit} would need {needs}"
     return text
 
 
