@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     fake_epoch_seconds: float = Field(default=0.05, ge=0, description="fake trainer: how long each epoch sleeps")
     fake_poison_seed: int | None = Field(
         default=None, description="fake trainer: a run with this seed kills its worker process (crash tests)")
+    report_chromium_path: Path = Field(
+        default=Path("/usr/bin/chromium"),
+        description="server: the Chromium executable that prints PDF reports (never downloaded; missing: a 501)")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from app.api import charts, exports, external, health, presets, runs, statistics, stream, studies, sweeps
+from app.api import charts, exports, external, health, presets, reports, runs, statistics, stream, studies, sweeps
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import engine_for
 from app.errors import document_error_responses, install_error_handlers
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     for router in (health.router, sweeps.router, runs.router, stream.router, presets.router, external.router,
-                   exports.router, charts.router, studies.router, statistics.router):
+                   exports.router, charts.router, studies.router, statistics.router, reports.router):
         app.include_router(router)
     from app import pages
 
