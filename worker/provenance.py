@@ -15,7 +15,6 @@ import hashlib
 import os
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +94,21 @@ def dataset_sha256(name: str, data_dir: Path) -> str:
     return safely(lambda: file_sha256(found))
 
 
-def trainer_kind(factory: Callable[..., Any]) -> str:
-    """The kind of trainer FACTORY makes: its `trainer_kind` attribute if it has one, else the name
-    of its module in worker/ ("keras_packed", "keras_single", "fake" for fake_trainer)."""
-    kind = getattr(factory, "trainer_kind", None)
+def trainer_kind(trainer: object) -> str:
+    """The kind of TRAINER: its `trainer_kind` attribute if it has one, else the name of its class's
+    module in worker/ ("keras_packed", "keras_single", "fake" for fake_trainer). Asked of the trainer,
+    not the factory: one factory may choose packed or single per config."""
+    kind = getattr(trainer, "trainer_kind", None)
     if isinstance(kind, str):
         return kind
-    module = getattr(factory, "__module__", None) or UNKNOWN
+    module = type(trainer).__module__ or UNKNOWN
     return module.rsplit(".", 1)[-1].removesuffix("_trainer")
 
 
-def pack_provenance(spec: TrainSpec, settings: Settings, factory: Callable[..., Any],
-                    seeds: list[int]) -> list[dict[str, Any]]:
+def pack_provenance(spec: TrainSpec, settings: Settings, trainer: object, seeds: list[int]) -> list[dict[str, Any]]:
     """One record per seed of a pack about to train: the process's facts, the dataset's name and
     hash, the trainer kind, whether it trains packed and how many runs the pack holds."""
-    kind = trainer_kind(factory)
+    kind = trainer_kind(trainer)
     shared: dict[str, Any] = {
         **process_facts(),
         "dataset": spec.dataset,

@@ -214,7 +214,7 @@ class PackRunner:
         run whose lease is lost is dropped. Gathering it never fails the pack."""
         live = self._live()
         try:
-            records = pack_provenance(spec, self.settings, self.factory, [c.seed for c in live])
+            records = pack_provenance(spec, self.settings, trainer, [c.seed for c in live])
         except Exception:
             log.exception("runs %s: could not gather their provenance; training without it", [c.run_id for c in live])
             return

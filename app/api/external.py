@@ -8,6 +8,8 @@ run with no epoch or heartbeat for SWEEPLAB_EXTERNAL_STALE_SECONDS is ended by t
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response, status
@@ -28,7 +30,8 @@ MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, patte
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 MAX_PROVENANCE_KEYS = 50
 MAX_PROVENANCE_CHARS = 1024
-ProvenanceKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+PROVENANCE_KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
+ProvenanceKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PROVENANCE_KEY.pattern)]
 # A small flat record of short values (app.services.provenance names the fields a worker records).
 ProvenanceValue = (Annotated[bool, Field(strict=True)] | Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
                    | float | Annotated[str, StringConstraints(max_length=MAX_PROVENANCE_CHARS)] | None)
@@ -102,9 +105,29 @@ class ExternalRunCreate(_Strict):
             raise ValueError(f"{where}: must not contain a NUL character")
         return value
 
-    @field_validator("provenance")
+    @field_validator("provenance", mode="before")
     @classmethod
-    def _provenance_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _provenance_small(cls, value: Any) -> Any:
+        """One readable error naming the key, before the typed check (whose union errors name every
+        type a value is not)."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of short values")
+        if len(value) > MAX_PROVENANCE_KEYS:
+            raise ValueError(f"at most {MAX_PROVENANCE_KEYS} keys ({len(value)} given)")
+        for key, item in value.items():
+            if not isinstance(key, str) or not PROVENANCE_KEY.match(key):
+                raise ValueError(f"key {str(key)[:40]!r}: 1 to 100 characters, no control characters")
+            if isinstance(item, str):
+                if len(item) > MAX_PROVENANCE_CHARS:
+                    raise ValueError(f"provenance.{key}: at most {MAX_PROVENANCE_CHARS} characters")
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"provenance.{key}: not a finite number")
+            elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+                raise ValueError(f"provenance.{key}: out of range")
+            elif item is not None and not isinstance(item, bool | int | float):
+                raise ValueError(f"provenance.{key}: must be text, a number, a boolean or null")
         where = first_unencodable(value, "provenance") or _first_nul(value, "provenance")
         if where is not None:
             raise ValueError(f"{where}: text must not hold a NUL or a lone surrogate character")
