@@ -83,3 +83,11 @@ def test_epochs_to_99_percent_of_the_final_value() -> None:
     assert epochs_to_fraction(epochs, [0.1, 0.97, 0.90, 0.95, 0.96, 0.965]) == 1  # the first time it got there
     assert epochs_to_fraction([0, 1, 2], [0.1, None, 0.5]) == 2
     assert epochs_to_fraction([], []) is None and epochs_to_fraction([0, 1], [0.0, 0.0]) is None
+
+
+def test_finite_tree_answers_null_for_what_json_cannot_carry() -> None:
+    from app.services.stats import finite_tree
+
+    tree = {"a": [1.0, float("nan"), np.float64(2.5), np.int64(3)], "b": {"c": float("inf"), "d": True}, "e": "x"}
+    assert finite_tree(tree) == {"a": [1.0, None, 2.5, 3], "b": {"c": None, "d": True}, "e": "x"}
+    assert type(finite_tree(np.int64(3))) is int and type(finite_tree(np.float64(2.5))) is float
