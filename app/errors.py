@@ -71,6 +71,17 @@ class UnsupportedMediaType(SweeplabError):
     code = "unsupported_media_type"
 
 
+class AlreadyExists(SweeplabError):
+    status_code = 409
+    code = "already_exists"
+
+
+class EndpointNotFound(NotFound):
+    """A route of a protocol sweeplab speaks in part (MLflow's) that it does not implement."""
+
+    code = "endpoint_not_found"
+
+
 SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
 RETRY_AFTER_SECONDS = 2  # what a 503 asks clients to wait: about one pool timeout
 HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -84,12 +95,43 @@ def error_body(code: str, message: str, fields: list[dict[str, str]] | None = No
     return {"error": {"code": code, "message": message, "fields": list(fields or [])}}
 
 
+# MLflow's tracking protocol (app/api/mlflow.py) answers errors in MLflow's own shape,
+# {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}, since its clients branch on error_code.
+MLFLOW_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/")
+# sweeplab's code -> (MLflow's error_code, the HTTP status MLflow answers it with; None: sweeplab's).
+# Statuses stay below 500 unless the server is at fault: MLflow's client retries 429 and 5xx for minutes.
+MLFLOW_ERRORS: dict[str, tuple[str, int | None]] = {
+    "not_found": ("RESOURCE_DOES_NOT_EXIST", 404), "endpoint_not_found": ("ENDPOINT_NOT_FOUND", 404),
+    "method_not_allowed": ("ENDPOINT_NOT_FOUND", 404), "bad_request": ("INVALID_PARAMETER_VALUE", 400),
+    "invalid_spec": ("INVALID_PARAMETER_VALUE", 400), "invalid_input": ("INVALID_PARAMETER_VALUE", 400),
+    "already_exists": ("RESOURCE_ALREADY_EXISTS", 400), "invalid_transition": ("INVALID_STATE", 400),
+    "unauthorized": ("UNAUTHENTICATED", 401), "cross_site": ("PERMISSION_DENIED", 403),
+    "payload_too_large": ("INVALID_PARAMETER_VALUE", 413), "unsupported_media_type": ("BAD_REQUEST", 415),
+    "request_timeout": ("BAD_REQUEST", 408), "database_unavailable": ("TEMPORARILY_UNAVAILABLE", 503),
+    "internal_error": ("INTERNAL_ERROR", 500),
+}
+
+
+def is_mlflow_path(path: str) -> bool:
+    return path.startswith(MLFLOW_PREFIXES)
+
+
+def mlflow_error(code: str, status: int, message: str) -> tuple[dict[str, str], int]:
+    """The body and status of an error on an MLflow route."""
+    fallback = ("INVALID_PARAMETER_VALUE" if status < 500 else "INTERNAL_ERROR", status)
+    error_code, mlflow_status = MLFLOW_ERRORS.get(code, fallback)
+    return {"error_code": error_code, "message": message}, mlflow_status or status
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api") or "text/html" not in request.headers.get("accept", "")
 
 
 def _answer(request: Request, status: int, code: str, message: str,
             fields: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    if is_mlflow_path(request.url.path):
+        body, mlflow_status = mlflow_error(code, status, message)
+        return JSONResponse(body, status_code=mlflow_status, headers=headers)
     templates = getattr(getattr(request.scope.get("app"), "state", None), "templates", None)
     if _wants_json(request) or templates is None:
         return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
@@ -272,6 +314,8 @@ def document_error_responses(openapi: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "AlreadyExists",
+    "EndpointNotFound",
     "InvalidSpec",
     "InvalidTransition",
     "NotFound",

@@ -51,6 +51,24 @@ PRIMARY_KEY = VAL_ACCURACY
 FINAL_KEYS: tuple[str, ...] = (ACCURACY, VAL_ACCURACY)
 
 
+KERAS_EPOCH_PREFIX = "epoch_"  # Keras' TensorBoard callback names its per-epoch scalars epoch_loss, ...
+VALIDATION_PREFIX = "val_"
+
+
+def keras_key(name: str, validation: bool = False) -> str:
+    """sweeplab's key for a per-epoch metric named NAME by Keras or a tracker that copies it (MLflow's
+    autolog, TensorBoard's event files): `epoch_loss` is `loss`, `epoch_val_accuracy` is
+    `val_accuracy`, and in a validation log (the `validation/` folder of Keras' TensorBoard callback)
+    `epoch_accuracy` is `val_accuracy`. A catalogue key (`epoch_seconds`) and any other name stay as
+    they are (a validation log's get the `val_` prefix)."""
+    key = name
+    if name not in BY_KEY and name.startswith(KERAS_EPOCH_PREFIX) and len(name) > len(KERAS_EPOCH_PREFIX):
+        key = name[len(KERAS_EPOCH_PREFIX):]
+    if validation and not key.startswith(VALIDATION_PREFIX):
+        key = VALIDATION_PREFIX + key
+    return key
+
+
 def describe(key: str) -> MetricInfo:
     """The catalogue's entry for KEY, or a generic one for a key only some run reports."""
     known = BY_KEY.get(key)
