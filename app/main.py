@@ -99,9 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.api import mlflow
 
     app.include_router(mlflow.router)  # MLflow's tracking protocol, in its own error shape
-    from app.api import workers
-
-    app.include_router(workers.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
     app.openapi = _openapi(app)  # type: ignore[method-assign]
