@@ -111,11 +111,12 @@ function drawQuestionChart(holder, q) {
       hovertemplate: `%{customdata[0]}<br>mean %{y:${percent ? ".2%" : ".4g"}} over %{customdata[1]} replicates<extra>%{fullData.name}</extra>`,
     });
   }
-  // One dot per replicate, just right of its config's mean, spread a little so equal values show.
+  // One dot per replicate in a strip just right of its config's mean, spread a little (a fixed
+  // pattern, the same on every refresh) so that equal values stay visible.
   const dots = { x: [], y: [], colour: [], data: [] };
   configs.forEach((c, i) => c.values.forEach((v, j) => {
     if (v === null) return;
-    dots.x.push(i + 0.22 + 0.1 * ((j % 5) / 4 - 0.5));
+    dots.x.push(i + 0.25 + 0.12 * (((j * 3) % 5) / 4 - 0.5));
     dots.y.push(v);
     dots.colour.push(fade(VERDICTS[kind(c)].colour, 0.55));
     dots.data.push([names[i], c.runs[j], c.seeds[j]]);

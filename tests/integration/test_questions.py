@@ -190,19 +190,27 @@ def test_a_study_without_questions_and_unknown_studies(api: TestClient) -> None:
     assert page.status_code == 200 and "solo" in page.text and "This study declares no questions" in page.text
 
 
-@pytest.mark.parametrize(
-    ("questions", "field"),
-    [("nope", "questions"), ([{"ask": "x"}], "questions.0.compare"), ([{"ask": "x", "compare": []}], "questions.0.compare"),
-     ([{"ask": "x", "compare": "q1"}], "questions.0.compare"), ([{"ask": "x", "compare": ["a", "a"]}], "questions.0.compare"),
-     ([{"ask": "x", "compare": ["a", " "]}], "questions.0.compare"), ([{"ask": "x", "compare": ["a"] * 21}], "questions.0.compare"),
-     ([{"ask": "x", "compare": ["a" * 201]}], "questions.0.compare.0"), ([{"ask": "  ", "compare": ["a"]}], "questions.0.ask"),
-     ([{"ask": "x" * 301, "compare": ["a"]}], "questions.0.ask"), ([{"compare": ["a"]}], "questions.0.ask"),
-     ([{"ask": "x", "compare": ["a"], "metric": ""}], "questions.0.metric"),
-     ([{"ask": "x", "compare": ["a"], "why": 1}], "questions.0.why"),
-     ([{"ask": "x", "compare": ["a\u0000"]}], "questions.0.compare.0"),
-     ([{"ask": "ok", "compare": ["a"]}, {"ask": "x", "compare": [3]}], "questions.1.compare.0"),
-     ([{"ask": "x", "compare": ["a"]}] * 21, "questions")],
-)
+BAD_QUESTIONS: list[tuple[Any, str]] = [
+    ("nope", "questions"),
+    ([{"ask": "x"}], "questions.0.compare"),
+    ([{"ask": "x", "compare": []}], "questions.0.compare"),
+    ([{"ask": "x", "compare": "q1"}], "questions.0.compare"),
+    ([{"ask": "x", "compare": ["a", "a"]}], "questions.0.compare"),
+    ([{"ask": "x", "compare": ["a", " "]}], "questions.0.compare"),
+    ([{"ask": "x", "compare": ["a"] * 21}], "questions.0.compare"),
+    ([{"ask": "x", "compare": ["a" * 201]}], "questions.0.compare.0"),
+    ([{"ask": "x", "compare": ["a\u0000"]}], "questions.0.compare.0"),
+    ([{"ask": "  ", "compare": ["a"]}], "questions.0.ask"),
+    ([{"ask": "x" * 301, "compare": ["a"]}], "questions.0.ask"),
+    ([{"compare": ["a"]}], "questions.0.ask"),
+    ([{"ask": "x", "compare": ["a"], "metric": ""}], "questions.0.metric"),
+    ([{"ask": "x", "compare": ["a"], "why": 1}], "questions.0.why"),
+    ([{"ask": "ok", "compare": ["a"]}, {"ask": "x", "compare": [3]}], "questions.1.compare.0"),
+    ([{"ask": "x", "compare": ["a"]}] * 21, "questions"),
+]
+
+
+@pytest.mark.parametrize(("questions", "field"), BAD_QUESTIONS)
 def test_bad_questions_are_a_422_naming_the_field(api: TestClient, questions: Any, field: str) -> None:
     for route in ("/api/sweeps/validate", "/api/sweeps"):
         r = api.post(route, json={**CHECK_SPEC, "questions": questions})
