@@ -77,7 +77,8 @@ def _empty(metric: str, why: str, factors: list[str] | None = None) -> dict[str,
 
 
 METHOD = ("An ANOVA of each succeeded replicate's final value (the value at the last epoch it logged the metric;"
-          " non-finite finals dropped) on the settings that vary across configs, each a categorical factor, with"
+          " finals that are not real numbers or beyond 1e50 in size dropped) on the settings that vary across"
+          " configs, each a categorical factor, with"
           " the two-way interaction of each pair of factors whose every combination has replicates (when residual"
           " degrees of freedom remain). Type II sums of squares (statsmodels ols and anova_lm, typ=2); F and p test"
           " each term against the residual, the variation between seeds of one config (plus any interaction the"
@@ -157,7 +158,7 @@ def design_of(cells: Sequence[Cell], metric: str = PRIMARY_KEY) -> Design | str:
     """The ANOVA design of CELLS, or why there is none (a sentence)."""
     import numpy as np
 
-    finals = [(c, stats.finite(c.values)) for c in cells]
+    finals = [(c, stats.usable(c.values)) for c in cells]
     finals = [(c, xs) for c, xs in finals if xs]
     if not finals:
         return f"No succeeded replicate has a final {metric} yet."

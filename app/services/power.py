@@ -53,6 +53,8 @@ def replicates_for(effect: float) -> int | None:
     the standardized EFFECT: statsmodels' continuous answer, then the integers around it. Beyond
     EXACT_BELOW replicates the normal approximation's answer (the t-test's is the same there); None
     when even that is not a finite number (a difference of 1e-300 standard deviations)."""
+    if not effect > 0:  # a difference so small against the noise that it rounds to nothing
+        return None
     if power_at(effect, 2) >= POWER:
         return 2
     from scipy.stats import norm

@@ -28,6 +28,14 @@ def finite_tree(value: Any) -> Any:
     return value
 
 
+LARGEST_FINAL = 1e50  # beyond, a final is a diverged run's: its square overflows the sums of a test
+
+
+def usable(values: Sequence[float | None]) -> list[float]:
+    """The finite VALUES no larger than LARGEST_FINAL in magnitude: what a test or an ANOVA can sum."""
+    return [x for x in finite(values) if abs(x) <= LARGEST_FINAL]
+
+
 def finite(values: Sequence[float | None]) -> list[float]:
     """The values that are real numbers (NaN, inf and None dropped)."""
     return [float(x) for x in map(finite_or_none, values) if x is not None]

@@ -303,3 +303,25 @@ def test_nested_config_keys_flatten_to_dotted_paths() -> None:
         {"optimizer.name": "adam", "optimizer.lr": 0.1, "hidden": [32, 64], "empty": {}}
     assert [level(v) for v in ("adam", [32, 64], 0.001, True, {"b": 1})] == \
         ["adam", "[32, 64]", "0.001", "true", '{"b": 1}']
+
+
+@pytest.mark.parametrize("values", [[1e308, 1e308, -1e308], [1e49, 1.7e49], [1e-320, 2e-320, 3e-320], [-1e50, 1e50]])
+@pytest.mark.parametrize("detect", [1e-300, 5e-324, 1e300])
+def test_extreme_finals_answer_real_numbers_or_null(values: list[float], detect: float) -> None:
+    """A diverged run's 1e308 is dropped like a NaN; whatever is left answers JSON's numbers."""
+    import json
+
+    got = verdicts_of([Group(1, "a", values), Group(2, "b", [0.5, 0.6, 0.7]), Group(3, "c", [0.4, 0.5])],
+                      "val_accuracy", detect=detect)
+    json.dumps(got, allow_nan=False)
+    assert got["dropped"] == sum(abs(v) > 1e50 for v in values)
+    cells = [Cell(1, {"w": 1}, values), Cell(2, {"w": 2}, [0.5, 0.6, 0.7]), Cell(3, {"w": 3}, [0.4, 0.5])]
+    json.dumps(importance_of(cells), allow_nan=False)
+
+
+@pytest.mark.parametrize("ps", [[0.01, 0.04, 0.03, 0.5], [0.2], [0.001, 0.001, 0.9, 0.02, 0.0], []])
+def test_holm_is_multipletests(ps: list[float]) -> None:
+    from app.services.verdicts import holm
+
+    want = multipletests(ps, method="holm")[1].tolist() if ps else []
+    assert holm(ps) == pytest.approx(want, rel=1e-15)
