@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./sweeplab-data/datasets"), description="where <dataset>.npz live")
     artifacts_dir: Path = Field(default=Path("./sweeplab-data/artifacts"), description="worker's model files")
+    code_dir: Path | None = Field(
+        default=None, description="worker: the folder of model builders (model.builder 'module:function'), put on "
+                                  "the worker's sys.path; the server never imports from it. Unset: no builders")
     api_token: SecretStr | None = Field(default=None, description="bearer token required for changes")
     lease_seconds: float = Field(default=60.0, gt=0, description="a claimed run's lease")
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="how often a worker renews leases")
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
     def _level_any_case(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("api_token", "fake_poison_seed", mode="before")
+    @field_validator("api_token", "fake_poison_seed", "code_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         """An empty variable means unset: an empty SWEEPLAB_API_TOKEN (e.g. `${SWEEPLAB_API_TOKEN:-}`

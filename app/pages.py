@@ -17,7 +17,7 @@ from jinja2.utils import htmlsafe_json_dumps
 from app import metrics, statuses
 from app.api.deps import EngineDep
 from app.config_names import axis_groups, config_name
-from app.datasets import CLASS_NAMES
+from app.datasets import DatasetUnavailable, available, class_names, describe
 from app.models import RunStatus
 from app.services import charts, dataset_views, metric_keys, questions, results, studies
 from app.services import runs as run_service
@@ -25,11 +25,12 @@ from app.services import sweeps as sweep_service
 from app.services.charts import parse_ids
 from app.spec import (
     GRID_PATHS,
+    LAYER_KINDS,
     Activation,
-    Dataset,
     Loss,
     OptimizerName,
     OutputActivation,
+    Padding,
     SweepSpec,
 )
 
@@ -90,9 +91,10 @@ def new_sweep_page(request: Request, engine: EngineDep, copy: int | None = Query
     if copy is not None:
         start = {**sweep_service.read_sweep(engine, copy).spec}
         start["name"] = f"{start.get('name', 'sweep')} (copy)"
-    choices = {"dataset": get_args(Dataset), "activation": get_args(Activation),
+    choices = {"dataset": available(request.app.state.settings.data_dir), "activation": get_args(Activation),
                "output_activation": get_args(OutputActivation), "loss": get_args(Loss),
-               "optimizer": get_args(OptimizerName), "grid_paths": sorted(GRID_PATHS)}
+               "optimizer": get_args(OptimizerName), "grid_paths": sorted(GRID_PATHS), "layer_kinds": LAYER_KINDS,
+               "padding": get_args(Padding)}
     # Serialised here, not with `tojson`, which sorts keys: the order of grid axes orders the configs.
     form = htmlsafe_json_dumps({"start": start, "defaults": SweepSpec(name="x").model_dump(mode="json")},
                                dumps=json.dumps)
@@ -111,6 +113,14 @@ def sweep_page(sweep_id: int, request: Request, engine: EngineDep) -> HTMLRespon
     return _render(request, "sweep.html", keys, sweep=sweep, runs=runs, data=data)
 
 
+def _class_names(dataset: str, data_dir: Path) -> list[str]:
+    """The dataset's class names; ten labels when the server cannot read it (a download a worker made)."""
+    try:
+        return class_names(dataset, describe(dataset, data_dir).classes)
+    except DatasetUnavailable:
+        return class_names(dataset, 10)
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
     run = run_service.read_run(engine, run_id)
@@ -119,7 +129,7 @@ def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
     keys = metric_keys.run_keys(engine, run_id)
     artifacts = run_service.list_artifacts(engine, run_id)
     data = {"id": run.id, "sweep_id": run.sweep_id, "dataset": dataset, "status": run.status,
-            "class_names": CLASS_NAMES.get(dataset, [str(i) for i in range(10)]), "epochs": run.epochs,
+            "class_names": _class_names(dataset, request.app.state.settings.data_dir), "epochs": run.epochs,
             "artifacts": [a.name for a in artifacts]}
     return _render(request, "run.html", keys, run=run, sweep=sweep, artifacts=artifacts, data=data,
                    final=statuses.is_final(run.status))

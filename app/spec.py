@@ -39,7 +39,9 @@ MAX_EPOCHS = 1000
 MAX_SEEDS = 1000
 MAX_GRID_VALUES = 1000
 
-Dataset = Literal["mnist", "fashion_mnist"]
+# A built-in (app.datasets.BUILTIN) or any <name>.npz in SWEEPLAB_DATA_DIR: checked against the data at submit.
+Dataset = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                               description="mnist, fashion_mnist, cifar10, or NAME of a NAME.npz in the data folder")]
 Activation = Literal["relu", "sigmoid", "tanh", "linear"]
 OutputActivation = Literal["softmax", "relu", "sigmoid", "linear"]
 Loss = Literal["sparse_categorical_crossentropy", "mse"]
@@ -82,12 +84,151 @@ class Limit(_Strict):
     test: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
-class ModelSpec(_Strict):
-    """Flatten(28x28) -> Dense(w, activation) for w in hidden -> Dense(10, output_activation)."""
+MAX_LAYERS = 50
+MAX_UNITS = 4096
+MAX_FILTERS = 1024
+MAX_WINDOW = 11  # kernel, stride and pool sizes
+Padding = Literal["valid", "same"]
 
-    hidden: list[Width] = Field(default_factory=lambda: [32], max_length=MAX_HIDDEN_LAYERS)
+
+class DenseLayer(_Strict):
+    units: int = Field(ge=1, le=MAX_UNITS)
+    activation: Activation = "relu"
+
+
+class Conv2DLayer(_Strict):
+    filters: int = Field(ge=1, le=MAX_FILTERS)
+    kernel_size: int = Field(default=3, ge=1, le=MAX_WINDOW)
+    strides: int = Field(default=1, ge=1, le=MAX_WINDOW)
+    padding: Padding = "valid"
+    activation: Activation = "relu"
+
+
+class MaxPooling2DLayer(_Strict):
+    pool_size: int = Field(default=2, ge=1, le=MAX_WINDOW)
+
+
+class DropoutLayer(_Strict):
+    rate: float = Field(ge=0, lt=1)
+
+
+class BatchNormalizationLayer(_Strict):
+    pass
+
+
+class FlattenLayer(_Strict):
+    pass
+
+
+LAYER_KINDS = ("dense", "conv2d", "max_pooling2d", "dropout", "batch_normalization", "flatten")
+
+
+class LayerSpec(_Strict):
+    """One layer of model.layers: exactly one kind with its settings, e.g. {"conv2d": {"filters": 16}}.
+    A kind given no settings (YAML's `- flatten:`) takes its defaults."""
+
+    dense: DenseLayer | None = None
+    conv2d: Conv2DLayer | None = None
+    max_pooling2d: MaxPooling2DLayer | None = None
+    dropout: DropoutLayer | None = None
+    batch_normalization: BatchNormalizationLayer | None = None
+    flatten: FlattenLayer | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_settings_is_defaults(cls, data: Any) -> Any:
+        return {k: {} if v is None else v for k, v in data.items()} if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> LayerSpec:
+        given = [k for k in LAYER_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a layer is exactly one of {', '.join(LAYER_KINDS)}, e.g. {{dense: {{units: 32}}}}; "
+                             f"got {' and '.join(given) or 'none'}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_its_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in LAYER_KINDS if getattr(self, k) is not None)
+
+    @property
+    def settings(self) -> BaseModel:
+        found: BaseModel = getattr(self, self.kind)
+        return found
+
+
+BUILDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+BUILDER_RULE = ("a builder is 'module:function' (Python names, e.g. mymodels:small_cnn): the function "
+                "build(params, input_shape, classes) of a module in the workers' SWEEPLAB_CODE_DIR")
+MODEL_KINDS = ("hidden", "layers", "builder")
+
+
+def _check_builder(value: str | None) -> str | None:
+    if value is not None and not BUILDER.fullmatch(value):
+        raise ValueError(BUILDER_RULE)
+    return value
+
+
+class ModelSpec(_Strict):
+    """One of three: `hidden` (Flatten -> Dense(w, activation) for w in hidden), `layers` (a list of
+    LayerSpec), or `builder` (a function of the workers' code folder; never imported by the server).
+    For hidden and layers sweeplab adds the output layer, Dense(classes, output_activation).
+    Neither given: hidden [32]."""
+
+    hidden: list[Width] | None = Field(default=None, max_length=MAX_HIDDEN_LAYERS)
+    layers: list[LayerSpec] | None = Field(default=None, max_length=MAX_LAYERS)
+    builder: Annotated[str | None, AfterValidator(_check_builder)] = Field(default=None, max_length=200)
     activation: Activation = "relu"
     output_activation: OutputActivation = "softmax"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        given = [k for k in MODEL_KINDS if getattr(self, k) is not None]
+        if not given:
+            self.hidden = [32]
+        elif len(given) > 1:
+            raise ValueError(f"give one of model.hidden, model.layers and model.builder, not {' and '.join(given)}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_kinds(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The kinds not used are left out (and a hidden model's dump is what it was before layers and
+        builders came, so its config key stays)."""
+        return {k: v for k, v in handler(self).items() if not (k in MODEL_KINDS and v is None)}
+
+
+MAX_PARAMS_CHARS = 20_000
+MAX_PARAMS_DEPTH = 10
+
+
+def check_params(value: dict[str, Any]) -> dict[str, Any]:
+    """`params` is free-form JSON, bounded: text keys, finite numbers, at most MAX_PARAMS_CHARS as JSON
+    and MAX_PARAMS_DEPTH deep."""
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > MAX_PARAMS_DEPTH:
+            raise ValueError(f"params nest at most {MAX_PARAMS_DEPTH} levels deep")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"params keys are text, not {k!r}")
+                walk(v, depth + 1)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, depth + 1)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"params hold finite numbers only, not {node}")
+        elif node is not None and not isinstance(node, (str, int, float, bool)):
+            raise ValueError(f"params hold JSON values only, not {type(node).__name__}")
+
+    walk(value, 0)
+    if len(json.dumps(value)) > MAX_PARAMS_CHARS:
+        raise ValueError(f"params take at most {MAX_PARAMS_CHARS} characters as JSON")
+    return value
 
 
 class OptimizerSpec(_Strict):
@@ -125,7 +266,7 @@ def _check_program_name(value: str | None) -> str | None:
 ProgramName = Annotated[str | None, AfterValidator(_check_program_name)]
 # Fields added after configs were first hashed: left out of a dump while at their default, so that
 # every config that does not use them keeps its stored key (configs.key, content_key).
-OMITTED_AT_DEFAULT: dict[str, Any] = {"program": None}
+OMITTED_AT_DEFAULT: dict[str, Any] = {"program": None, "params": None}
 
 
 class TrainSpec(_Strict):
@@ -138,9 +279,16 @@ class TrainSpec(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=32, ge=1, le=65_536)
+    params: dict[str, Any] | None = Field(
+        default=None, description="free-form JSON for a model builder or program (sweepable as params.NAME)")
     program: ProgramName = Field(
         default=None, description="train with this program of the workers' programs folder instead of the built-in "
                                   "trainer: the run's config (JSON), seed and epochs reach it in its environment")
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else check_params(value)
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -226,8 +374,9 @@ class SweepSpec(TrainSpec):
             raise ValueError("give either replicates or seeds, not both")
         if self.replicates is None and self.seeds is None:
             self.replicates = 1
+        base = self.base_dict()
         for path, values in self.grid.items():
-            _check_grid_axis(path, values)
+            _check_grid_axis(path, values, base)
         n = len(self.seed_list()) * math.prod(len(v) for v in self.grid.values())
         if n > MAX_RUNS_PER_SWEEP:
             raise ValueError(f"the sweep expands to {n} runs; at most {MAX_RUNS_PER_SWEEP} are allowed")
@@ -291,6 +440,8 @@ GRID_PATHS: frozenset[str] = frozenset(
         "limit.train",
         "limit.test",
         "model.hidden",
+        "model.layers",
+        "model.builder",
         "model.activation",
         "model.output_activation",
         "optimizer.name",
@@ -299,9 +450,16 @@ GRID_PATHS: frozenset[str] = frozenset(
 )
 
 
-def _check_grid_axis(path: str, values: list[Any]) -> None:
-    if path not in GRID_PATHS:
-        raise ValueError(f"grid: unknown path {path!r}; choose from {', '.join(sorted(GRID_PATHS))}")
+# Beyond GRID_PATHS a grid may name any setting the spec has under these: a layer's field by the
+# layer's index (model.layers.0.conv2d.filters) or a key of params (params.dropout).
+OPEN_GRID_PREFIXES = ("model.layers.", "params.")
+
+
+def _check_grid_axis(path: str, values: list[Any], base: dict[str, Any]) -> None:
+    if path not in GRID_PATHS and not (path.startswith(OPEN_GRID_PREFIXES) and _has_path(base, path)):
+        raise ValueError(f"grid: unknown path {path!r}; choose from {', '.join(sorted(GRID_PATHS))}, a field of a "
+                         f"layer the spec has (model.layers.0.conv2d.filters) or a key the spec's params have "
+                         f"(params.dropout)")
     if not values:
         raise ValueError(f"grid.{path}: give at least one value")
     if len(values) > MAX_GRID_VALUES:
@@ -316,16 +474,44 @@ def _check_grid_axis(path: str, values: list[Any]) -> None:
         seen.add(key)
 
 
+def _index(part: str, node: list[Any]) -> int | None:
+    """A list index as a path part: canonical digits only ("0", "12"; not "01" or "-1"), in range."""
+    if part.isdigit() and str(int(part)) == part and int(part) < len(node):
+        return int(part)
+    return None
+
+
+def _has_path(data: Any, path: str) -> bool:
+    """Whether PATH names a setting DATA has (a list's items by index)."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and (i := _index(part, node)) is not None:
+            node = node[i]
+        else:
+            return False
+    return True
+
+
 def _apply(base: dict[str, Any], combo: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for path, value in combo.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for p in parents:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-        node[leaf] = value
+        node: Any = out
+        parts = path.split(".")
+        for n, p in enumerate(parts):
+            if isinstance(node, list) and (i := _index(p, node)) is not None:
+                key: Any = i
+            elif isinstance(node, dict) and (p in node or not path.startswith(OPEN_GRID_PREFIXES)):
+                key = p
+            else:  # an earlier axis replaced what this one names (model.layers, then model.layers.0....)
+                raise ValueError(f"grid: {path} names no setting of the config {combo}")
+            if n == len(parts) - 1:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return out
 
 

@@ -22,7 +22,8 @@ async function drawImages() {
   });
   return Plotly.newPlot("dataset-images", traces, {
     ...lay, annotations, height: 170 * rows + 40, margin: { t: 24, r: 8, b: 8, l: 8 },
-    title: { text: "label above each image (pixel values 0–255, dark is high)", font: { size: 12 } },
+    title: { text: data.shape.length === 3 ? "label above each image (colours as stored)"
+      : "label above each image (pixel values 0–255, dark is high)", font: { size: 12 } },
   }, PLOT_CONFIG);
 }
 
@@ -37,4 +38,5 @@ function drawCounts() {
     { legendTitle: "split", barmode: "group", xaxis: { type: "category" } }), PLOT_CONFIG);
 }
 
-Promise.all([drawImages(), plotlyReady().then(drawCounts)]).then(markReady).catch((err) => console.error(err));
+const images = summary.kind === "images" ? drawImages() : Promise.resolve();
+Promise.all([images, plotlyReady().then(drawCounts)]).then(markReady).catch((err) => console.error(err));

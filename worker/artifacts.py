@@ -33,9 +33,9 @@ def outputs(trainer: Trainer, i: int, data: PreparedData) -> Artifact:
 
 
 def confusion(trainer: Trainer, i: int, data: PreparedData) -> Artifact:
-    """Counts of (true label, predicted label) over the test set."""
+    """Counts of (true label, predicted label) over the test set: one row and column per class."""
     predicted = np.asarray(trainer.predict(i, data.x_test)).argmax(axis=1)
-    matrix = np.zeros((10, 10), dtype=int)
+    matrix = np.zeros((data.classes, data.classes), dtype=int)
     np.add.at(matrix, (data.y_test, predicted), 1)
     return _json({"rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()})
 

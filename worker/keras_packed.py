@@ -72,14 +72,15 @@ class PackedDense(keras.layers.Layer):  # type: ignore[misc]  # Keras is untyped
 
 
 class PackedMLP(keras.Model):  # type: ignore[misc]  # Keras is untyped
-    """The study's MLP, R times over: (R, B, 784) or (B, 784) in, outputs (R, B, 10)."""
+    """The study's MLP, R times over: (R, B, inputs) or (B, inputs) in, outputs (R, B, classes)."""
 
-    def __init__(self, spec: TrainSpec, replicates: int):
+    def __init__(self, spec: TrainSpec, replicates: int, inputs: int = 784, classes: int = 10):
         super().__init__()
-        widths = [*spec.model.hidden, 10]
-        acts = [spec.model.activation] * len(spec.model.hidden) + [spec.model.output_activation]
+        hidden = spec.model.hidden or []  # a hidden model (worker.trainer.dense_equivalent)
+        widths = [*hidden, classes]
+        acts = [spec.model.activation] * len(hidden) + [spec.model.output_activation]
         self.dense = [PackedDense(replicates, w, a) for w, a in zip(widths, acts, strict=True)]
-        self.build((1, 784))
+        self.build((1, inputs))
 
     def build(self, input_shape: tuple[int, ...]) -> None:
         width = input_shape[-1]
@@ -124,7 +125,7 @@ class _Program:
         """Per-sample loss and correctness (R, B), as Keras computes them from the output layer."""
         p = self.output_activation(z)
         if self.spec.loss == "mse":
-            loss = tf.reduce_mean(tf.square(tf.one_hot(labels, 10) - p), axis=-1)
+            loss = tf.reduce_mean(tf.square(tf.one_hot(labels, z.shape[-1]) - p), axis=-1)
         else:
             if self.spec.model.output_activation in ("softmax", "sigmoid"):
                 logits = z  # Keras takes the activation's own logits (`_keras_logits`), even a sigmoid's
@@ -204,12 +205,13 @@ def program_for(spec: TrainSpec) -> _Program:
 class _Pack:
     """Some replicates' weights as one PackedMLP, their optimizer state and their shuffle seeds."""
 
-    def __init__(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State]):
+    def __init__(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State],
+                 inputs: int = 784, classes: int = 10):
         self.spec, self.r = spec, len(states)
         self.members = members  # the replicate at each position (dropped ones stay until a rebuild)
         self.seeds = seeds
         self.program = program_for(spec)
-        self.model = PackedMLP(spec, self.r)
+        self.model = PackedMLP(spec, self.r, inputs, classes)
         self.variables = list(self.model.trainable_variables)  # kernel 0, bias 0, kernel 1, ...
         for j, var in enumerate(self.variables):
             var.assign(np.stack([s[f"w/{j}"] for s in states]))
@@ -283,7 +285,9 @@ class PackedTrainer:
 
     def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]):
         self.spec, self.seeds = spec, list(seeds)
-        full = [s if s is not None else fresh_state(spec, seed) for seed, s in zip(seeds, states, strict=True)]
+        self.input_shape, self.classes = data.input_shape, data.classes
+        full = [s if s is not None else fresh_state(spec, seed, self.input_shape, self.classes)
+                for seed, s in zip(seeds, states, strict=True)]
         self.x_train = tf.constant(data.x_train.reshape(len(data.x_train), -1), tf.float32)
         self.y_train = tf.constant(data.y_train, tf.int32)
         self.x_test = tf.constant(data.x_test.reshape(len(data.x_test), -1), tf.float32)
@@ -295,7 +299,8 @@ class PackedTrainer:
         self.packs = [self._pack([int(i) for i in g], [full[i] for i in g]) for g in groups]
 
     def _pack(self, members: list[int], states: list[State]) -> _Pack:
-        return _Pack(self.spec, members, [self.seeds[i] for i in members], states)
+        return _Pack(self.spec, members, [self.seeds[i] for i in members], states,
+                     math.prod(self.input_shape), self.classes)
 
     def _locate(self, replicate: int) -> tuple[_Pack, int]:
         for pack in self.packs:
@@ -371,9 +376,9 @@ class PackedTrainer:
         flat = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
         outs = [np.asarray(pack.model(flat[s:s + self.chunk])[pos])
                 for s in range(0, len(x), self.chunk)]
-        return np.concatenate(outs) if outs else np.zeros((0, 10), np.float32)
+        return np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
 
     def save_keras(self, replicate: int, path: str) -> None:
-        model = compiled_model(self.spec, self.seeds[replicate])
+        model = compiled_model(self.spec, self.seeds[replicate], self.input_shape, self.classes)
         set_state(model, self.state(replicate))
         model.save(path)

@@ -1,8 +1,11 @@
-"""One Keras model per replicate, trained with model.fit one epoch at a time: the study's way."""
+"""One Keras model per replicate, trained with model.fit one epoch at a time: the study's way, and
+the way of every model packed training does not cover (conv layers, dropout, batch normalization,
+a builder's model)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -10,10 +13,12 @@ import numpy as np
 
 from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
-from worker.keras_models import compiled_model, fresh_state, get_state, set_state
+from worker.builders import build_user_model
+from worker.keras_models import compile_as_spec, compiled_model, get_state, model_input_shape, set_state
 from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order
 
 STOP_CHECK_EVERY = 20  # batches between looks at the stop flag
+EVAL_BATCH = 1024
 
 
 class _StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
@@ -28,36 +33,62 @@ class _StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
             self.model.stop_training = True
 
 
-class SingleTrainer:
-    """Replicates as separate Sequential models, each trained with its own model.fit."""
+def _compiled_builder_model(spec: TrainSpec, seed: int, data: PreparedData, shape: tuple[int, ...],
+                            code_dir: Path | None) -> keras.Model:
+    """A builder's model, compiled: as the builder compiled it (its optimizer and loss; the metric
+    recompiled to the catalogue's accuracy), or with the spec's optimizer, loss and metric."""
+    sample = data.x_train[:2].reshape((-1, *shape))
+    model = build_user_model(spec, seed, shape, data.classes, code_dir, sample)
+    if getattr(model, "compiled", False) and model.optimizer is not None:
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[ACCURACY])
+    else:
+        compile_as_spec(model, spec)
+    return model
 
-    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]):
+
+class SingleTrainer:
+    """Replicates as separate Keras models, each trained with its own model.fit."""
+
+    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
+                 code_dir: Path | None = None):
         self.spec, self.seeds, self.data = spec, seeds, data
-        self.models: dict[int, keras.Sequential] = {}
+        self.builder = spec.model.builder is not None
+        self.shape = model_input_shape(spec, data.input_shape)
+        self.x_train = self._shaped(data.x_train)
+        self.x_test = self._shaped(data.x_test)
+        self.models: dict[int, keras.Model] = {}
         for i, (seed, state) in enumerate(zip(seeds, states, strict=True)):
-            model = compiled_model(spec, seed)
-            set_state(model, state if state is not None else fresh_state(spec, seed))
+            if self.builder:
+                model = _compiled_builder_model(spec, seed, data, self.shape, code_dir)
+            else:
+                model = compiled_model(spec, seed, data.input_shape, data.classes)
+            if state is not None:  # else the model keeps the initial weights its seed gave it
+                set_state(model, state, any_optimizer=self.builder)
             self.models[i] = model
         self.y_train = data.targets(spec.loss, "train")
         self.y_test = data.targets(spec.loss, "test")
 
+    def _shaped(self, x: np.ndarray) -> np.ndarray:
+        """Inputs as the model takes them (a channel axis added where the model wants one; no copy)."""
+        return x.reshape((len(x), *self.shape))
+
     def evaluate(self) -> dict[int, EpochMetrics]:
         out = {}
         for i, model in self.models.items():
-            loss, acc = model.evaluate(self.data.x_train, self.y_train, batch_size=1024, verbose=0)
-            val_loss, val_acc = model.evaluate(self.data.x_test, self.y_test, batch_size=1024, verbose=0)
+            loss, acc = model.evaluate(self.x_train, self.y_train, batch_size=EVAL_BATCH, verbose=0)
+            val_loss, val_acc = model.evaluate(self.x_test, self.y_test, batch_size=EVAL_BATCH, verbose=0)
             out[i] = {LOSS: loss, ACCURACY: acc, VAL_LOSS: val_loss, VAL_ACCURACY: val_acc}
         return out
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
         out = {}
         for i, model in self.models.items():
-            order = epoch_order(self.seeds[i], epoch, len(self.data.x_train))
+            order = epoch_order(self.seeds[i], epoch, len(self.x_train))
             stopper = _StopWhenAsked(should_stop)
             hist = model.fit(
-                self.data.x_train[order], self.y_train[order],
+                self.x_train[order], self.y_train[order],
                 batch_size=self.spec.batch_size, epochs=1, shuffle=False, verbose=0,
-                validation_data=(self.data.x_test, self.y_test), callbacks=[stopper],
+                validation_data=(self.x_test, self.y_test), callbacks=[stopper],
             )
             if stopper.stopped:
                 return None
@@ -66,13 +97,13 @@ class SingleTrainer:
         return out
 
     def state(self, replicate: int) -> State:
-        return get_state(self.models[replicate])
+        return get_state(self.models[replicate], any_optimizer=self.builder)
 
     def drop(self, replicate: int) -> None:
         self.models.pop(replicate, None)
 
     def predict(self, replicate: int, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.models[replicate].predict(x, batch_size=1024, verbose=0))
+        return np.asarray(self.models[replicate].predict(self._shaped(x), batch_size=EVAL_BATCH, verbose=0))
 
     def save_keras(self, replicate: int, path: str) -> None:
         self.models[replicate].save(path)

@@ -19,7 +19,8 @@ from app.db import engine_for
 from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import Claim, claim_runs, claims_with_token, new_token
 from app.services.reaping import reap_all
-from worker.trainer import TrainerFactory
+from app.spec import TrainSpec
+from worker.trainer import PreparedData, State, TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
 
@@ -47,22 +48,38 @@ def configure_tensorflow(settings: Settings) -> None:
 
 
 def trainer_factory(settings: Settings) -> TrainerFactory:
-    """Fake (tests), one model per replicate (pack size 1), or packed."""
+    """Fake (tests), or the one place that decides how a config trains: packed when its model is a
+    plain Dense stack (a `hidden` model, or `layers` of dense layers only: worker.trainer.dense_equivalent)
+    and the pack size allows; else one model per replicate with model.fit (conv, dropout, batch
+    normalization, a builder's model; builders import from the code folder)."""
     if settings.trainer == "fake":
         from worker.fake_trainer import FakeTrainer
 
         return FakeTrainer
     configure_tensorflow(settings)
+    from worker.keras_single import SingleTrainer
+    from worker.trainer import Trainer, dense_equivalent
+
+    packed: TrainerFactory | None = None
     if settings.pack_size > 1:
         try:
             from worker.keras_packed import PackedTrainer
 
-            return PackedTrainer
+            packed = PackedTrainer
         except ImportError:
             log.warning("packed training unavailable; training one model per replicate")
-    from worker.keras_single import SingleTrainer
+    if settings.code_dir is not None:
+        from worker.builders import on_path
 
-    return SingleTrainer
+        on_path(settings.code_dir)
+
+    def choose(spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]) -> Trainer:
+        dense = dense_equivalent(spec)
+        if packed is not None and dense is not None:
+            return packed(dense, seeds, data, states)
+        return SingleTrainer(spec, seeds, data, states, code_dir=settings.code_dir)
+
+    return choose
 
 
 def new_worker_id() -> str:

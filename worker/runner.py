@@ -56,22 +56,25 @@ from worker.artifacts import (
 from worker.checkpoint import dump_state, load_state
 from worker.heartbeat import Heartbeat, Lease
 from worker.provenance import pack_provenance
-from worker.trainer import PreparedData, State, Trainer, TrainerFactory
+from worker.trainer import ModelBuildError, PreparedData, State, Trainer, TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
 T = TypeVar("T")
-_prepared: dict[tuple[str, int | None, int | None], PreparedData] = {}
+# (dataset, limits) -> (the loaded data it was prepared from, the prepared data): a changed file is reloaded.
+_prepared: dict[tuple[str, int | None, int | None], tuple[object, PreparedData]] = {}
 
 
 def prepared_data(spec: TrainSpec, settings: Settings) -> PreparedData:
     limit = spec.limit
     key = (spec.dataset, limit.train if limit else None, limit.test if limit else None)
-    if key not in _prepared:
-        images = load(spec.dataset, settings.data_dir)
-        if limit:
-            images = images.limited(limit.train, limit.test)
-        _prepared[key] = PreparedData.from_images(images)
-    return _prepared[key]
+    images = load(spec.dataset, settings.data_dir)  # cached by app.datasets until the file changes
+    held = _prepared.get(key)
+    if held is None or held[0] is not images:
+        for old in [k for k, (source, _) in _prepared.items() if k[0] == spec.dataset and source is not images]:
+            del _prepared[old]
+        limited = images.limited(limit.train, limit.test) if limit else images
+        _prepared[key] = held = (images, PreparedData.from_images(limited))
+    return held[1]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -85,7 +88,7 @@ def readable_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
     if is_out_of_memory(exc) or "OOM" in text:
         return f"out of memory while training ({name}): {text} — try a smaller pack size or model"
-    if isinstance(exc, DatasetUnavailable):
+    if isinstance(exc, (DatasetUnavailable, ModelBuildError)):
         return text
     return f"training failed: {name}: {text}"
 

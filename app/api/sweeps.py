@@ -14,6 +14,7 @@ from app.api.deps import JSON_TYPES, YAML_TYPES, ContentTyped, EngineDep, Guarde
 from app.config import Settings
 from app.datasets import check_available
 from app.errors import InvalidSpec
+from app.layer_shapes import check_layers_fit
 from app.models import RunStatus
 from app.schemas import ConfigPublic, RunPublic, SweepPublic, SweepsProgress
 from app.services import runs as run_service
@@ -95,6 +96,7 @@ def _check_datasets(spec: SweepSpec, settings: Settings) -> None:
         reason = check_available(dataset, settings.data_dir)
         if reason:
             raise InvalidSpec(f"dataset: {reason}", [{"loc": "dataset", "msg": reason}])
+    check_layers_fit(spec, settings.data_dir)
 
 
 def _create_sweep(engine: Engine, settings: Settings, data: Any) -> SweepPublic:

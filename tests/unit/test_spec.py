@@ -78,7 +78,7 @@ def test_explicit_seeds() -> None:
         ({"name": "x", "optimizer": {"name": "adam", "learning_rate": math.nan}}, "optimizer.learning_rate"),
         ({"name": "x", "optimizer": {"name": "adagrad"}}, "optimizer.name"),
         ({"name": "x", "loss": "hinge"}, "loss"),
-        ({"name": "x", "dataset": "cifar10"}, "dataset"),
+        ({"name": "x", "dataset": "../mnist"}, "dataset"),
         ({"name": "x", "batch_size": "big"}, "batch_size"),
         ({"name": "x", "unknown": 1}, "unknown"),
         ({"name": "x", "limit": {"train": 0}}, "limit.train"),
