@@ -59,6 +59,8 @@ def _decimals(spread: float | None) -> int:
 
 
 def _number(x: float, decimals: int, signed: bool = False) -> str:
+    if abs(x) >= 1e7:
+        return f"{x:+.2g}" if signed else f"{x:.2g}"
     return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
 
 
@@ -111,8 +113,7 @@ def _welch(xs: list[float], best: list[float]) -> dict[str, Any]:
     return {"difference": cmp.diff, "ci": [cmp.ci_low, cmp.ci_high], "p": cmp.p, "df": cmp.df, "exact": False}
 
 
-def _sentence(c: dict[str, Any], best: dict[str, Any], metric: str, higher_is_better: bool | None,
-              best_is_ranked_otherwise: bool) -> str:
+def _sentence(c: dict[str, Any], best: dict[str, Any], metric: str, ranked_by: str | None) -> str:
     scale, unit = unit_of(metric)
     name, best_name = c["label"], best["label"]
     counts = f"{c['n']} vs {best['n']} seeds"
@@ -127,7 +128,7 @@ def _sentence(c: dict[str, Any], best: dict[str, Any], metric: str, higher_is_be
                   " (no spread in either config, so the difference is exact)")
     else:
         amount = f"{_number(d, decimals, signed=True)} ± {_number(half, decimals)}{unit}, {adjusted_p(c['p_holm'])}"
-    whom = f"the best, {best_name}" + (" (ranked by the primary metric)" if best_is_ranked_otherwise else "")
+    whom = f"the best, {best_name}" + (f" (the best by {ranked_by})" if ranked_by else "")
     word = {INDISTINGUISHABLE: "is indistinguishable from", "worse": "is worse than", "better": "is better than",
             "higher": "is higher than", "lower": "is lower than"}[c["verdict"]]
     return f"{name} {word} {whom}: {amount}; {counts}"
@@ -136,7 +137,8 @@ def _sentence(c: dict[str, Any], best: dict[str, Any], metric: str, higher_is_be
 def _method(metric: str, rank_key: str, higher_is_better: bool | None, dropped: int, family: int) -> str:
     direction = {True: "higher is better", False: "lower is better",
                  None: "the catalogue gives no direction, so verdicts say higher or lower"}[higher_is_better]
-    ranked = (f"ranked by the mean final {rank_key} (the primary metric)" if rank_key != metric
+    ranked = (f"ranked by the mean final {rank_key}" + (" (the primary metric)" if rank_key == PRIMARY_KEY else "")
+              if rank_key != metric
               else f"ranked by the mean final {metric}")
     scale, _ = unit_of(metric)
     units = "Differences are written in percentage points (x100). " if scale != 1 else ""
@@ -200,7 +202,8 @@ def verdicts_of(groups: Sequence[Group], metric: str = PRIMARY_KEY, *, rank_key:
     best_group: Group | None = None
     if ranking:
         sign = -1.0 if rank_higher is False else 1.0
-        best_id = max(ranking, key=lambda c: (sign * mean(ranking[c]), -[g.config_id for g in eligible].index(c)))
+        position = {g.config_id: i for i, g in enumerate(eligible)}  # ties: the first in display order
+        best_id = max(ranking, key=lambda c: (sign * mean(ranking[c]), -position[c]))
         best_group = next(g for g in eligible if g.config_id == best_id)
 
     best: dict[str, Any] | None = None
@@ -226,7 +229,7 @@ def verdicts_of(groups: Sequence[Group], metric: str = PRIMARY_KEY, *, rank_key:
         c["p_holm"] = adjusted
         c["verdict"] = _verdict(c["difference"], adjusted, higher)
     for c in comparisons:
-        c["text"] = _sentence(c, best or {"label": "", "n": 0}, metric, higher, used_key != metric)
+        c["text"] = _sentence(c, best or {"label": "", "n": 0}, metric, used_key if used_key != metric else None)
     power = power_block([finals[g.config_id] for g in groups], detect)
     power["sentence"] = _power_sentence(power, metric)
     return stats.finite_tree({  # type: ignore[no-any-return]

@@ -89,7 +89,7 @@ def test_better_for_a_non_primary_metric() -> None:
     row = by_id(got)[2]
     p = scipy_stats.ttest_ind(loss[2], loss[1], equal_var=False).pvalue
     assert row["p"] == pytest.approx(p) and row["p_holm"] == pytest.approx(p)  # a family of one
-    assert row["verdict"] == "better" and "is better than the best, c1 (ranked by the primary metric)" in row["text"]
+    assert row["verdict"] == "better" and "is better than the best, c1 (the best by val_accuracy)" in row["text"]
     # Without the ranking metric's finals, the best is ranked by the metric itself.
     alone = verdicts_of([Group(c, f"c{c}", loss[c], []) for c in (1, 2)], "val_loss", rank_key="val_accuracy")
     assert alone["best_by"] == "val_loss" and alone["best"]["config_id"] == 2
