@@ -64,13 +64,19 @@ class Settings(BaseSettings):
     report_chromium_path: Path = Field(
         default=Path("/usr/bin/chromium"),
         description="server: the Chromium executable that prints PDF reports (never downloaded; missing: a 501)")
+    programs_dir: Path | None = Field(
+        default=None, description="worker: each <name>.py here is the training program <name> it offers (rescanned "
+                                  "every heartbeat); unset: it offers none")
+    program_kill_grace_seconds: float = Field(
+        default=10.0, ge=0, le=3600, description="worker: how long a program has after SIGTERM (cancel, shutdown) "
+                                                 "before SIGKILL")
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_any_case(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("api_token", "fake_poison_seed", "code_dir", mode="before")
+    @field_validator("api_token", "fake_poison_seed", "programs_dir", "code_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         """An empty variable means unset: an empty SWEEPLAB_API_TOKEN (e.g. `${SWEEPLAB_API_TOKEN:-}`

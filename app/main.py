@@ -96,9 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    exports.router, charts.router, studies.router, statistics.router, reports.router):
         app.include_router(router)
     from app import pages
-    from app.api import mlflow
+    from app.api import mlflow, workers
 
     app.include_router(mlflow.router)  # MLflow's tracking protocol, in its own error shape
+    app.include_router(workers.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -22,6 +22,7 @@ from app.models import RunStatus
 from app.services import charts, dataset_views, metric_keys, questions, results, studies
 from app.services import runs as run_service
 from app.services import sweeps as sweep_service
+from app.services import workers as worker_service
 from app.services.charts import parse_ids
 from app.spec import (
     GRID_PATHS,
@@ -80,7 +81,8 @@ def index_page(request: Request, engine: EngineDep, study: str | None = None,
     sweeps = sweep_service.list_sweeps(engine, study or None, status.value if status else None)
     return _render(request, "index.html", sweeps=sweeps, best=results.best_configs(engine, [s.id for s in sweeps]),
                    studies=studies.list_studies(engine), study=study or "",
-                   status=status.value if status else "")
+                   status=status.value if status else "",
+                   workers=worker_service.live_workers(engine, request.app.state.settings.lease_seconds))
 
 
 @router.get("/sweeps/new", response_class=HTMLResponse)
@@ -110,7 +112,10 @@ def sweep_page(sweep_id: int, request: Request, engine: EngineDep) -> HTMLRespon
                 "groups": axis_groups(c["params"])} for c in charts.sweep_configs(engine, sweep_id)]
     data = {"id": sweep.id, "runs": sweep.runs, "auto_replicates": sweep.runs <= AUTO_REPLICATES,
             "runs_rendered": runs is not None, "configs": configs, "keys": metrics.curve_keys(keys)}
-    return _render(request, "sweep.html", keys, sweep=sweep, runs=runs, data=data)
+    program = sweep.spec.get("program")
+    offered_by = worker_service.offering(engine, program, request.app.state.settings.lease_seconds) if program else []
+    return _render(request, "sweep.html", keys, sweep=sweep, runs=runs, data=data, program=program,
+                   offered_by=offered_by)
 
 
 def _class_names(dataset: str, data_dir: Path) -> list[str]:

@@ -97,6 +97,20 @@ class RunPublic(BaseModel):
     provenance: dict[str, Any] | None = Field(
         default=None, description="where and how it trained: versions, dataset sha256, host, CPU, GPU, packed "
                                   "(fields: app.services.provenance); null before training starts")
+    program: str | None = Field(default=None, description="the workers' training program it runs, if any")
+    output: str | None = Field(default=None, description="a program run's last stdout and stderr (bounded); "
+                                                         "only in GET /api/runs/{id}")
+
+
+class WorkerPublic(BaseModel):
+    """A live worker: where it runs, the training programs it offers, its last heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    programs: list[str]
+    started_at: datetime | None
+    heartbeat_at: datetime | None
 
 
 class Series(BaseModel):

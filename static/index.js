@@ -1,6 +1,7 @@
 // Sweeps list: cancel / retry buttons, the one-click MNIST study, and progress bars that follow
 // the runs while any sweep on the page is active.
 import { api, canCancel, canRetry, drawProgress, post } from "/static/common.js";
+import { el } from "/static/common.js";
 
 function showSweep(sweep) {
   const row = document.querySelector(`#sweep-table tr[data-sweep-id="${sweep.id}"]`);
@@ -39,4 +40,22 @@ async function poll() {
   setTimeout(poll, 3000);
 }
 setTimeout(poll, 3000);
+
+// The live workers (GET /api/workers), every 10 s while the page is shown; every value as text.
+const utc = (iso) => (iso ? new Date(iso).toISOString().slice(0, 19).replace("T", " ") : "");
+async function refreshWorkers() {
+  if (!document.hidden) {
+    try {
+      const workers = await api("/api/workers");
+      document.getElementById("worker-count").textContent = `(${workers.length} live)`;
+      document.getElementById("no-workers").hidden = workers.length > 0;
+      document.getElementById("worker-table").hidden = workers.length === 0;
+      document.querySelector("#worker-table tbody").replaceChildren(...workers.map((w) => el("tr", { "data-worker-id": w.id },
+        el("td", {}, w.host), el("td", { class: "num" }, String(w.pid)), el("td", {}, w.programs.join(", ") || "–"),
+        el("td", { class: "nowrap" }, utc(w.started_at)), el("td", { class: "nowrap" }, utc(w.heartbeat_at)))));
+    } catch (err) { console.warn(err); }
+  }
+  setTimeout(refreshWorkers, 10000);
+}
+setTimeout(refreshWorkers, 10000);
 document.body.dataset.ready = "true";

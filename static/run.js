@@ -75,6 +75,7 @@ function drawMetrics() {
 
 async function drawConfusion() {
   const holder = document.getElementById("chart-confusion");
+  if (!holder) return; // a program's run: no confusion matrix
   if (!run.artifacts.includes("confusion_matrix")) {
     holder.classList.add("empty");
     holder.textContent = "The confusion matrix is stored when the run succeeds.";
@@ -98,6 +99,7 @@ async function drawConfusion() {
 
 async function drawOutputs() {
   const holder = document.getElementById("chart-outputs");
+  if (!holder) return; // a program's run: its own output instead
   const [before, after] = await Promise.all(["outputs_before", "outputs_after"].map((name) =>
     run.artifacts.includes(name) ? api(`/api/runs/${run.id}/artifacts/${name}`) : null));
   const base = before || after;
@@ -170,6 +172,24 @@ function drawProvenance(provenance) {
   list.replaceChildren(...items);
 }
 
+// A program's output, refreshed while it runs (as text: nothing in it is markup); the view stays at the
+// bottom if it was there.
+function followOutput() {
+  const pre = document.getElementById("run-output");
+  if (!pre) return;
+  const tick = async () => {
+    try {
+      const r = await api(`/api/runs/${run.id}`);
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      if (r.output !== null && r.output !== pre.textContent) pre.textContent = r.output;
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+      if (isFinal(r.status)) return;
+    } catch (err) { console.warn(err); }
+    setTimeout(tick, 3000);
+  };
+  setTimeout(tick, 3000);
+}
+
 async function main() {
   drawProvenance(JSON.parse(document.getElementById("run-provenance").textContent));
   ({ series } = await api(`/api/runs/${run.id}/metrics`));
@@ -185,6 +205,7 @@ async function main() {
     if (isFinal(answer.status)) cancel.remove();
   });
   if (isFinal(run.status)) return;
+  followOutput();
   const redraw = throttle(drawMetrics, 150);
   openStream((cursor) => `/api/sweeps/${run.sweep_id}/stream?run=${run.id}&cursor=${cursor ?? 0}`, {
     epochs: ({ points }) => {

@@ -39,6 +39,7 @@ from typing import Any
 import keras
 
 from app.machine import machine_facts
+from sweeplab.bound_run import BoundRun
 from sweeplab.client import DEFAULT_URL
 from sweeplab.delivery import MAX_TRIES, RunHandle, flush, install_sigterm_handler, uploader_for
 
@@ -131,17 +132,24 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
 
     As a context manager it ends the run of a fit that raised inside the `with` failed at once,
     with the exception's message (Keras calls no callback then).
+
+    Inside a training program a worker runs ($SWEEPLAB_WORKER_CHANNEL set) and given no url, the
+    fit binds to the worker's run instead (sweeplab.bound_run): sweep, config, seed and token are
+    the run's, every epoch goes through the worker, and checkpoint=True saves the model and its
+    optimizer with each epoch so that a requeued run resumes after its last one.
     """
 
     def __init__(self, url: str | None = None, sweep: str = "notebook", config: Mapping[str, Any] | None = None,
                  seed: int | None = None, token: str | None = None, *, study: str | None = None,
                  dataset: str | None = None, validation_data: Any = None, training_data: Any = None,
-                 initial_evaluation: bool = True, flush_timeout: float = 10.0) -> None:
+                 initial_evaluation: bool = True, flush_timeout: float = 10.0, checkpoint: bool = False) -> None:
         super().__init__()
         if not isinstance(sweep, str) or not sweep.strip():
             raise ValueError("sweep must be a non-empty name")
         self.url = (url or os.environ.get("SWEEPLAB_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("SWEEPLAB_API_TOKEN")
+        self.checkpoint = checkpoint  # a worker's program: save (and resume from) the model each epoch
+        self._bound = BoundRun.from_env() if url is None else None
         self.sweep, self.study, self.dataset = sweep.strip(), study, dataset
         self.config = _jsonable(config)
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
@@ -162,7 +170,7 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         """A fit inside the `with` that has not ended its run raised (or never finished): end it
         failed now, with the exception, rather than when the server finds it silent."""
         handle = self._handle
-        if handle is None or handle.ended:
+        if handle is None or handle.ended or self._bound is not None:  # a program: its exit status tells
             return
         reason = f"model.fit raised {kind.__name__}: {exc}" if kind is not None else "model.fit did not finish"
         try:
@@ -178,6 +186,10 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         return self._handle.run_id if self._handle else None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._bound is not None:  # not caught: a program that cannot bind or resume must fail, not train wrong
+            self._handle = self._bound.begin(self.model, self.checkpoint)
+            self._stop_logged, self._first_epoch = False, True
+            return
         try:
             self._begin()
         except Exception as exc:  # tracking must never break training
@@ -240,8 +252,7 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         try:
             metrics = self._initial_metrics(handle)
             if metrics:
-                uploader_for(self.url, self.token).put("epoch", handle, {"epoch": 0, "metrics": metrics,
-                                                                         "seconds": 0.0})
+                self._put_epoch(handle, {"epoch": 0, "metrics": metrics, "seconds": 0.0})
         except Exception as exc:  # tracking must never break training
             log.warning("sweeplab: epoch 0 not logged: %s", exc)
 
@@ -261,7 +272,7 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         try:
             body = {"epoch": epoch + 1, "metrics": clean_logs(logs),
                     "seconds": time.perf_counter() - self._epoch_started}
-            uploader_for(self.url, self.token).put("epoch", handle, body)
+            self._put_epoch(handle, body)
             if handle.cancel_requested and self.model is not None:
                 self.model.stop_training = True
                 if not self._stop_logged:
@@ -270,9 +281,19 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         except Exception as exc:
             log.warning("sweeplab: epoch %d not logged: %s", epoch + 1, exc)
 
+    def _put_epoch(self, handle: RunHandle, body: dict[str, Any]) -> None:
+        if self._bound is not None:
+            self._bound.epoch(handle, body, self.model)
+        else:
+            uploader_for(self.url, self.token).put("epoch", handle, body)
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         handle = self._handle
         if handle is None:
+            return
+        if self._bound is not None:
+            handle.ended = True
+            self._bound.close()
             return
         try:
             uploader = uploader_for(self.url, self.token)

@@ -20,6 +20,8 @@ from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import Claim, claim_runs, claims_with_token, new_token
 from app.services.reaping import reap_all
 from app.spec import TrainSpec
+from worker.presence import Presence
+from worker.programs import ProgramCatalog
 from worker.trainer import PreparedData, State, TrainerFactory
 
 log = logging.getLogger("sweeplab.worker")
@@ -126,6 +128,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.shutdown = threading.Event()
         self._factory = factory
+        self.catalog = ProgramCatalog(settings.programs_dir)  # the training programs it offers
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -151,7 +154,7 @@ class Worker:
             if tries > 1 and (held := claims_with_token(self.engine, token)):
                 return held
             return claim_runs(self.engine, self.worker_id, self.settings.pack_size, self.settings.lease_seconds,
-                              token)
+                              token, programs=self.catalog.names())
 
         return retry_transient(attempt, self.settings.db_retry_seconds, "claim")
 
@@ -166,6 +169,11 @@ class Worker:
             return False
         log.info("claimed runs %s (config %d, from epoch %d, attempt %d)", [c.run_id for c in claims],
                  claims[0].config_id, claims[0].last_epoch + 1, max(c.attempt for c in claims))
+        if claims[0].train.get("program"):  # claimed alone: a process of its own
+            from worker.programs import ProgramRunner
+
+            ProgramRunner(self.engine, self.settings, claims[0], self.catalog, self.shutdown, claimed_at).run()
+            return True
         PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
         return True
 
@@ -176,10 +184,14 @@ class Worker:
         reap_once(self.engine, self.settings)
         reaper = Reaper(self.engine, self.settings)
         reaper.start()
+        presence = Presence(self.engine, self.settings, self.worker_id, self.catalog)
+        presence.beat()  # listed (with its programs) before its first claim
+        presence.start()
         try:
             packs = self._loop(once, max_packs)
         finally:
             reaper.stopped.set()
+            presence.stop()
         log.info("worker %s stopped after %d packs", self.worker_id, packs)
         return packs
 

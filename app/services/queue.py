@@ -9,7 +9,7 @@ RELIABILITY.md in the project's design notes; every function here is one short t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -58,16 +58,18 @@ def new_token() -> str:
 
 
 def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
-               token: str | None = None) -> list[Claim]:
+               token: str | None = None, programs: Collection[str] = ()) -> list[Claim]:
     """Atomically claim the oldest queued run and up to limit-1 more of its config at the same
     epoch (a pack). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN IMMEDIATE.
     A caller that retries after an error passes the same TOKEN and asks `claims_with_token` first:
-    the failed try may have committed."""
+    the failed try may have committed. Runs of a training program are claimed only by a worker
+    that names it in PROGRAMS, one at a time (each trains in a process of its own)."""
     token = token or new_token()
-    queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == RunSource.QUEUE.value)
+    offered = (Run.program.is_(None) | Run.program.in_(sorted(programs))) if programs else Run.program.is_(None)
+    queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == RunSource.QUEUE.value, offered)
     with write_session(engine) as s:
         head = s.execute(
-            select(Run.config_id, Run.last_epoch, Run.attempt).where(queued).order_by(Run.id).limit(1)
+            select(Run.config_id, Run.last_epoch, Run.attempt, Run.program).where(queued).order_by(Run.id).limit(1)
             .with_for_update(skip_locked=True)
         ).first()
         if head is None:
@@ -78,7 +80,7 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
             select(Run.id)
             .where(queued, Run.config_id == head.config_id, Run.last_epoch == head.last_epoch,
                    Run.attempt == head.attempt)
-            .order_by(Run.id).limit(1 if head.attempt > 0 else max(1, limit))
+            .order_by(Run.id).limit(1 if head.attempt > 0 or head.program is not None else max(1, limit))
             .with_for_update(skip_locked=True)
         )
         ids = list(s.scalars(picked))
@@ -208,6 +210,28 @@ def record_provenance(engine: Engine, claims: list[Claim], provenance: Mapping[i
             merged = with_earlier(held.provenance, {**provenance[claim.run_id], ATTEMPT: claim.attempt})
             s.execute(update(Run).where(_fence(claim.run_id, claim.token)).values(provenance=merged))
     return lost
+
+
+def record_output(engine: Engine, claim: Claim, output: str) -> bool:
+    """Store the latest (bounded) output of a held program run, fenced; False if the lease is lost."""
+    with write_session(engine) as s:
+        return s.execute(update(Run).where(_fence(claim.run_id, claim.token)).values(output=output)
+                         .returning(Run.id)).first() is not None
+
+
+def restart_run(engine: Engine, claim: Claim, reason: str) -> bool:
+    """Start a held run over from epoch 0 (fenced): its stored epochs and checkpoint go. For a
+    program run claimed again that cannot resume (it keeps no checkpoint): its new epochs would
+    otherwise mix with the old ones. False if the lease is lost."""
+    with write_session(engine) as s:
+        held = s.execute(update(Run).where(_fence(claim.run_id, claim.token))
+                         .values(last_epoch=-1, train_seconds=0.0).returning(Run.id)).first()
+        if held is None:
+            return False
+        for table in (Metric, Checkpoint):
+            s.execute(delete(table).where(table.run_id == claim.run_id))
+        _event(s, claim.run_id, "restarted", None, None, reason)
+    return True
 
 
 def finish_run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import defer
 
 from app.db import read_session, write_session
 from app.errors import InvalidTransition, NotFound, RunNotFound
@@ -20,6 +21,7 @@ def _public(run: Run, config: Config) -> RunPublic:
         cancel_requested=run.cancel_requested, worker=run.worker_id, error=run.error,
         created_at=iso(run.created_at), started_at=iso(run.started_at), finished_at=iso(run.finished_at),
         heartbeat_at=iso(run.heartbeat_at), train_seconds=run.train_seconds, provenance=run.provenance,
+        program=run.program,
     )
 
 
@@ -28,14 +30,15 @@ def read_run(engine: Engine, run_id: int) -> RunPublic:
         row = s.execute(select(Run, Config).join(Config, Config.id == Run.config_id).where(Run.id == run_id)).first()
     if row is None:
         raise RunNotFound(run_id)
-    return _public(*row)
+    return _public(*row).model_copy(update={"output": row[0].output})
 
 
 def list_runs(engine: Engine, sweep_id: int, status: str | None = None, config_id: int | None = None,
               limit: int = 10_000, offset: int = 0) -> list[RunPublic]:
     get_sweep_row(engine, sweep_id)
     with read_session(engine) as s:
-        q = select(Run, Config).join(Config, Config.id == Run.config_id).where(Run.sweep_id == sweep_id)
+        q = (select(Run, Config).join(Config, Config.id == Run.config_id).where(Run.sweep_id == sweep_id)
+             .options(defer(Run.output, raiseload=True)))  # a program's output only in read_run
         if status is not None:
             q = q.where(Run.status == status)
         if config_id is not None:
