@@ -1,4 +1,4 @@
-"""The `sweeplab` command. Light commands (serve, migrate, submit) never import TensorFlow.
+"""The `sweeplab` command. Light commands (serve, migrate, submit, import-tensorboard) never import TensorFlow.
 
 An error a user can fix (a spec file that is missing, unreadable, not YAML or not a valid spec; a
 server that cannot be reached or refuses the spec; bad settings) is one line on stderr naming the
@@ -259,6 +259,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: submitted, but lost the server while waiting: {one_line(exc)}") from None
 
 
+def cmd_import_tensorboard(args: argparse.Namespace) -> int:
+    from sweeplab.client import Client, ClientError
+    from sweeplab.tensorboard_import import LogdirError, import_tensorboard
+
+    logdir = Path(args.logdir)
+    try:
+        with Client(args.url, token=os.environ.get("SWEEPLAB_API_TOKEN")) as client:
+            summary = import_tensorboard(client, logdir, args.sweep, args.study, args.config_from_path,
+                                         progress=not args.no_progress)
+    except LogdirError as exc:
+        raise CliError(one_line(exc)) from None
+    except ClientError as exc:
+        if exc.status_code is None:
+            raise CliError(f"{logdir}: {one_line(exc)}; is `sweeplab serve` running? (--url or SWEEPLAB_URL)") from None
+        raise CliError(f"{logdir}: refused: {one_line(refusal(exc))}") from None
+    for line in summary.skipped:
+        print(f"skipped {line}")
+    page = f"{args.url.rstrip('/')}/sweeps/{summary.sweep_id}"
+    print(f"sweep {summary.sweep_id} '{args.sweep}': {summary.created} runs imported ({summary.epochs} epochs), "
+          f"{summary.resumed} resumed, {len(summary.skipped)} already there  {page}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweeplab", description="Run, watch and compare sweeps of small Keras models.")
     common = argparse.ArgumentParser(add_help=False)
@@ -296,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="show progress until the sweeps end")
     submit.add_argument("--url", default=os.environ.get("SWEEPLAB_URL", "http://127.0.0.1:8000"))
     submit.set_defaults(func=cmd_submit)
+    tb = add("import-tensorboard", help="import TensorBoard event files (Keras' TensorBoard callback) as external runs",
+             epilog="one run per run directory (train/ and validation/ under it); Keras' step 0 is epoch 1; the "
+                    "config from HParams, else --config-from-path's named groups (group seed: the replicate); "
+                    "running it again imports nothing twice. Exit status: 0 done, 2 any error (nothing posted "
+                    "when LOGDIR or the options are wrong)")
+    tb.add_argument("logdir")
+    tb.add_argument("--sweep", required=True, help="the external sweep to import into (created on first use)")
+    tb.add_argument("--study", default=None)
+    tb.add_argument("--config-from-path", default=None, metavar="REGEX",
+                    help="named groups over each run directory's path below LOGDIR, e.g. "
+                         "'width=(?P<width>\\d+)/seed=(?P<seed>\\d+)'; used when a run has no HParams")
+    tb.add_argument("--url", default=os.environ.get("SWEEPLAB_URL", "http://127.0.0.1:8000"))
+    tb.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tb.set_defaults(func=cmd_import_tensorboard)
     return p
 
 

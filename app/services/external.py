@@ -143,9 +143,10 @@ def _find_or_create_config(s: Session, sweep_id: int, config: dict[str, Any], ma
 
 
 def _existing_run(s: Session, client_token: str) -> int | None:
-    # Only a running run can be the target of a retried create: nothing else finishes it first.
-    return s.scalar(select(Run.id).where(Run.status == RunStatus.RUNNING.value, Run.source == EXTERNAL,
-                                         Run.client_token == client_token))
+    # Whatever its status: a client that creates with the same token again means the same run (an
+    # importer run twice finds the runs it finished the first time and imports nothing twice).
+    return s.scalar(select(Run.id).where(Run.source == EXTERNAL, Run.client_token == client_token)
+                    .order_by(Run.id.desc()).limit(1))
 
 
 def create_external_run(engine: Engine, req: ExternalRunRequest, max_runs: int) -> tuple[RunPublic, bool]:
