@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,15 +97,17 @@ def test_a_layers_cnn_and_a_builder_model_train_through_the_queue(
     layers_id = submit(api, {**BASE, "name": "cnn layers", "model": {"layers": LAYERS},
                              "grid": {"model.layers.0.conv2d.filters": [4, 8]}, "replicates": 2})
     builder_id = submit(api, {**BASE, "name": "cnn builder", "model": {"builder": "mymodels:small_cnn"},
-                              "params": {"dropout": 0.0}, "grid": {"params.dropout": [0.0, 0.25]}, "replicates": 2})
+                              "params": {"dropout": 0.0}, "grid": {"params.dropout": [0.0, 0.25]}, "replicates": 1})
+    t0 = time.perf_counter()
     Worker(settings, engine).run(once=True)
+    print(f"worker: {time.perf_counter() - t0:.1f} s")
 
     with np.load(own_dirs[0] / "blobs.npz") as f:
         x_test, y_test = f["x_test"].astype(np.float32) / 255.0, f["y_test"]
     seen: dict[str, set[float]] = {"filters": set(), "rate": set()}
-    for sweep_id, kind in ((layers_id, "filters"), (builder_id, "rate")):
+    for sweep_id, kind, n in ((layers_id, "filters", 4), (builder_id, "rate", 2)):
         runs = runs_of(engine, sweep_id)
-        assert [r.status for r in runs] == ["succeeded"] * 4, [r.error for r in runs]
+        assert [r.status for r in runs] == ["succeeded"] * n, [r.error for r in runs]
         configs = {r["id"]: r["config"] for r in api.get(f"/api/sweeps/{sweep_id}/runs").json()}
         for run in runs:
             rows = metric_rows(engine, run.id)
