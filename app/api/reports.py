@@ -18,7 +18,6 @@ from starlette.datastructures import State
 
 from app.api.deps import EngineDep, SettingsDep
 from app.services import latex, report, report_pdf
-from app.services.studies import study_sweeps
 from app.services.sweeps import get_sweep_row
 
 router = APIRouter(prefix="/api", tags=["reports"])
@@ -92,9 +91,11 @@ async def sweep_report_pdf(sweep_id: int, request: Request, engine: EngineDep, s
     from app.pages import PLOTLY_JS
 
     chromium = settings.report_chromium_path
-    name = await _in_thread(request, lambda: _sweep_slug(engine, sweep_id))
+    name, version = await _in_thread(request, lambda: (_sweep_slug(engine, sweep_id),
+                                                        report.sweep_version(engine, sweep_id)))
     pdf = await anyio.to_thread.run_sync(lambda: report_pdf.html_to_pdf(
-        lambda: report.sweep_report_html(engine, sweep_id, PLOTLY_JS, detect), chromium))
+        lambda: report.sweep_report_html(engine, sweep_id, PLOTLY_JS, detect), chromium,
+        key=(str(engine.url), "sweep", sweep_id, detect), version=version))
     return Response(pdf, media_type="application/pdf", headers=_disposition(f"{name}-report.pdf", inline))
 
 
@@ -105,9 +106,10 @@ async def study_report_pdf(study: str, request: Request, engine: EngineDep, sett
     from app.pages import PLOTLY_JS
 
     chromium = settings.report_chromium_path
-    await _in_thread(request, lambda: study_sweeps(engine, study))  # 404 before any browser starts
+    version = await _in_thread(request, lambda: report.study_version(engine, study))  # 404 before any browser
     pdf = await anyio.to_thread.run_sync(lambda: report_pdf.html_to_pdf(
-        lambda: report.study_report_html(engine, study, PLOTLY_JS, detect), chromium))
+        lambda: report.study_report_html(engine, study, PLOTLY_JS, detect), chromium,
+        key=(str(engine.url), "study", study, detect), version=version))
     name = f"study-{report.slug(study, 'report')}".removesuffix("-report")
     return Response(pdf, media_type="application/pdf", headers=_disposition(f"{name}-report.pdf", inline))
 

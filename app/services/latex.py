@@ -77,6 +77,12 @@ def _value_label(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def varying_axes(axes: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The AXES (app.services.axes) whose setting differs between the configs ROWS: more than one
+    value, or a setting some config lacks (an external sweep's)."""
+    return [a for a in axes if len(a["values"]) > 1 or any(a["path"] not in r["params"] for r in rows)]
+
+
 def _best_config(rows: list[dict[str, Any]]) -> int | None:
     """The config with the best mean final primary metric (its direction from the catalogue)."""
     lower = metrics.describe(PRIMARY_KEY).higher_is_better is False
@@ -94,7 +100,8 @@ def sweep_table_tex(engine: Engine, sweep_id: int, version: str) -> str:
     The best mean of the primary metric is bold."""
     sweep = get_sweep_row(engine, sweep_id)
     table = final_table(engine, sweep_id)
-    rows, axes = table["configs"], table["axes"]
+    rows = table["configs"]
+    axes = varying_axes(table["axes"], rows)
     keys = final_metric_keys()
     best = _best_config(rows)
     heads = [latex_escape(a["path"]) for a in axes] if axes else ["Config"]

@@ -38,10 +38,11 @@ from app.schemas import SweepPublic
 from app.services import charts, metric_keys, results, stats
 from app.services import report_figures as figs
 from app.services.importance import sweep_importance
-from app.services.latex import final_metric_keys, scaled
+from app.services.latex import final_metric_keys, scaled, varying_axes
 from app.services.parcoords import parcoords
 from app.services.provenance import sweep_provenance
 from app.services.questions import study_questions
+from app.services.snapshots import Scope, snapshot
 from app.services.studies import study_sweeps
 from app.services.sweeps import read_sweep
 from app.services.verdicts import sweep_verdicts
@@ -304,6 +305,12 @@ def _methods(sweep: SweepPublic, rows: list[dict[str, Any]], axes: list[dict[str
     return out
 
 
+def _capital(text: str) -> str:
+    """TEXT as a sentence: a capital first letter, a full stop at the end."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
 def _verdict_rows(verdicts: dict[str, Any]) -> list[dict[str, Any]]:
     key = verdicts["metric"]
     best = verdicts.get("best")
@@ -325,7 +332,8 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
                    detect: float | None) -> dict[str, Any]:
     sweep = read_sweep(engine, sweep_id)
     table = results.final_table(engine, sweep_id)
-    rows, axes = table["configs"], table["axes"]
+    rows = table["configs"]
+    axes = varying_axes(table["axes"], rows)
     keys = metrics.curve_keys(metric_keys.sweep_keys(engine, sweep_id))
     shown, note = _curve_configs(sweep, rows)
     series = charts.aggregate_series(engine, keys, sweep_id=sweep_id, config_ids=[c["id"] for c in shown])["series"] \
@@ -356,8 +364,11 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
         par_missing = "nothing to draw: fewer than two configs with a final value, or no setting that varies"
     prov = sweep_provenance(engine, sweep_id)
     power = _power_sentence(PRIMARY_KEY, verdicts.get("power")) if verdicts else None
+    summary = [_capital(t) for t in ((verdicts or {}).get("text"), power) if t]
+    if (importance or {}).get("text") and (importance or {}).get("factors"):
+        summary.append(str(importance["text"]))  # it starts with a setting's name: as it is
     return {
-        "anchor": f"sweep-{sweep.id}", "sweep": sweep, "created": _when(sweep.created_at),
+        "anchor": f"sweep-{sweep.id}", "summary": summary, "sweep": sweep, "created": _when(sweep.created_at),
         "description": sweep.spec.get("description") or "", "kind": sweep.spec.get("kind", ""),
         "table": _table(sweep, rows), "primary": metrics.describe(PRIMARY_KEY).title,
         "curves": curve_figs, "sweep_figures": sweep_figs, "grid": bool(axes) and len(rows) > 1,
@@ -369,6 +380,18 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
         "provenance": _provenance_rows(prov),
         "methods": _methods(sweep, rows, axes, verdicts, importance, prov, generated, version),
     }
+
+
+# ---- versions: what a report shows changes only with these ---------------------------------------
+
+def sweep_version(engine: Engine, sweep_id: int) -> tuple[Any, ...]:
+    """The sweep's commit sequence and its runs' statuses: a new epoch, provenance or status changes it."""
+    snap = snapshot(engine, Scope(sweep_id))
+    return (tuple(sorted(snap.seqs.items())), snap.status_digest)
+
+
+def study_version(engine: Engine, study: str) -> tuple[Any, ...]:
+    return tuple((sw.id, *sweep_version(engine, sw.id)) for sw in study_sweeps(engine, study))
 
 
 # ---- rendering -----------------------------------------------------------------------------------
@@ -427,9 +450,10 @@ def study_report_html(engine: Engine, study: str, plotly_js: Path, detect: float
     figures = _Figures()
     generated, version = _when(datetime.now(UTC)), sweeplab_version()
     questions, questions_missing = _section(study_questions, engine, study)
+    answers = _questions(questions, figures) if questions is not None else None  # first: figures in page order
     sections = [_sweep_section(engine, sw.id, figures, generated, version, detect) for sw in sweeps]
     return _render({"title": f"{study} — study report", "heading": study,
                     "subtitle": f"Study report: {len(sweeps)} sweep{'s' * (len(sweeps) != 1)}", "study": study,
-                    "questions": _questions(questions, figures) if questions is not None else None,
+                    "questions": answers,
                     "questions_missing": questions_missing, "sections": sections, "generated": generated,
                     "version": version}, figures, plotly_js)

@@ -4,7 +4,8 @@ package (the `report` extra), with every request that is not for the file itself
 once its charts are drawn.
 
 One PDF at a time per server process (a second request while one renders is answered 503 at once,
-so a burst never piles up threads), each bounded by PDF_TIMEOUT_SECONDS. Blocking: callers run it
+so a burst never piles up threads), each bounded by PDF_TIMEOUT_SECONDS; the last few are kept
+while the runs they show are unchanged, so asking again costs no browser. Blocking: callers run it
 in a worker thread (app/api/reports.py)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,38 @@ from typing import Any
 from app.errors import SweeplabError
 
 PDF_TIMEOUT_SECONDS = 60.0
-PAGE_WIDTH_PX = 700  # A4 less 13 mm margins each side at 96 dpi: the charts are drawn at this width
+PAGE_WIDTH_PX = 752  # A4 less 13 mm margins each side at 96 dpi (695 px), plus the page padding (56 px)
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-extensions", "--no-first-run")
 FOOTER = ('<div style="width: 100%; text-align: center; font: 8px Helvetica, Arial, sans-serif; color: #6b7280">'
           '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
+CACHED_PDFS = 8  # the last PDFs made, each kept while what it shows is unchanged
 _rendering = threading.Lock()
+
+
+class _Recent:
+    """The last few PDFs, each with the version of the data it was made from."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items, self.lock = size, OrderedDict[Any, tuple[Any, bytes]](), threading.Lock()
+
+    def get(self, key: Any, version: Any) -> bytes | None:
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is None or hit[0] != version:
+                return None
+            self.items.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: Any, version: Any, pdf: bytes) -> None:
+        with self.lock:
+            self.items[key] = (version, pdf)
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+recent = _Recent(CACHED_PDFS)
 
 
 class ReportUnavailable(SweeplabError):
@@ -74,12 +102,16 @@ def _only_the_file(route: Any) -> None:
         route.abort()
 
 
-def html_to_pdf(make_html: Callable[[], str], chromium: Path, timeout: float = PDF_TIMEOUT_SECONDS) -> bytes:
+def html_to_pdf(make_html: Callable[[], str], chromium: Path, timeout: float = PDF_TIMEOUT_SECONDS, *,
+                key: Any = None, version: Any = None) -> bytes:
     """The HTML that MAKE_HTML answers, printed to A4 by Chromium at CHROMIUM once its charts are
     drawn (the report's script sets body[data-ready]), with page numbers. 501 when Playwright or
     Chromium is missing and 503 while another PDF renders (both before MAKE_HTML is called), 504
-    past TIMEOUT seconds of rendering."""
+    past TIMEOUT seconds of rendering. With a KEY, the PDF last made under it is answered again
+    while VERSION (of the data it shows) is the same."""
     check_available(chromium)
+    if key is not None and (hit := recent.get(key, version)) is not None:
+        return hit
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -111,6 +143,8 @@ def html_to_pdf(make_html: Callable[[], str], chromium: Path, timeout: float = P
                     pdf: bytes = page.pdf(format="A4", print_background=True, display_header_footer=True,
                                           header_template="<span></span>", footer_template=FOOTER,
                                           margin={"top": "14mm", "bottom": "16mm", "left": "13mm", "right": "13mm"})
+                    if key is not None:
+                        recent.put(key, version, pdf)
                     return pdf
                 finally:
                     browser.close()
