@@ -427,3 +427,15 @@ def test_a_second_pdf_while_one_renders_is_503(settings: Settings, engine: Engin
         assert answer.status_code == 501 and "did not start" in answer.json()["error"]["message"]
         assert report_pdf._rendering.acquire(blocking=False)
         report_pdf._rendering.release()
+
+
+def test_the_sweep_page_links_its_report_pdf_and_table(api: TestClient) -> None:
+    sweep_id = log_widths(api)
+    page = Dom(api.get(f"/sweeps/{sweep_id}", headers={"accept": "text/html"}).text)
+    links = {a.attrs.get("id"): a.attrs.get("href") for a in page.root.all("a")
+             if (a.attrs.get("id") or "").startswith("report-")}
+    assert links == {"report-html": f"/api/sweeps/{sweep_id}/report.html",
+                     "report-pdf": f"/api/sweeps/{sweep_id}/report.pdf",
+                     "report-tex": f"/api/sweeps/{sweep_id}/table.tex"}
+    for path in (links["report-html"], links["report-tex"]):
+        assert api.get(path).status_code == 200
