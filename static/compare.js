@@ -1,17 +1,19 @@
 // Compare page: configs from any sweeps overlaid (replicate bands), their final accuracy per
-// replicate, and Welch's test of each against the first, in words. Refreshes while runs train.
+// replicate, Welch's test of each against the first, in words, the verdicts against the best of
+// them and how many seeds a difference would need. Refreshes while runs train.
 import { drawCurves, keysQuery, keysWithData } from "/static/bands.js";
 import {
-  PLOT_CONFIG, api, canCancel, chartText, clearEmpty, colourFor, el, layout, markReady, metric, orderKeys, plotlyReady,
-  showEmpty, waitingText,
+  PLOT_CONFIG, PRIMARY, api, canCancel, chartText, clearEmpty, colourFor, el, layout, markReady, metric, orderKeys,
+  plotlyReady, showEmpty, waitingText,
 } from "/static/common.js";
+import { drawVerdictList, powerText, wireDetectInput } from "/static/stats.js";
 import { drawConfigTable } from "/static/table.js";
 
 // The server names the configs and lists the curve keys their runs report (app/pages.py); with none
 // yet, the aggregates answer the catalogue's curve keys, drawn once they have points.
 const { configs: chosen, names, keys: pageKeys } = JSON.parse(document.getElementById("compare-data").textContent);
 const keys = keysQuery(pageKeys);
-const state = { agg: null, cmp: null, reps: new Map(), band: "std" };
+const state = { agg: null, cmp: null, verdicts: null, detect: null, asked: 0, reps: new Map(), band: "std" };
 const colourOf = (id) => colourFor(chosen.indexOf(id));
 const nameOf = (c) => names[String(c.id)] ?? String(c.id);
 const chartName = (c) => chartText(nameOf(c)); // as a trace name and category of the final-value charts
@@ -31,10 +33,29 @@ for (const box of document.querySelectorAll("input.pick")) {
   });
 }
 
+// The verdicts of the chosen configs on the primary metric; DETECT (metric units) asks how many
+// seeds that difference needs. An answer overtaken by a later question is dropped.
+async function askVerdicts(detect) {
+  const asked = ++state.asked;
+  const answer = await api(`/api/configs/verdicts?ids=${chosen.join(",")}&metric=${encodeURIComponent(PRIMARY)}`
+    + `${detect ? `&detect=${detect}` : ""}`);
+  if (asked === state.asked) state.verdicts = answer;
+}
+
 async function load() {
   const ids = chosen.join(",");
   [state.agg, state.cmp] = await Promise.all([
-    api(`/api/configs/aggregates?ids=${ids}&${keys}`), api(`/api/compare?configs=${ids}`)]);
+    api(`/api/configs/aggregates?ids=${ids}&${keys}`), api(`/api/compare?configs=${ids}`), askVerdicts(state.detect)]);
+}
+
+function drawStats() {
+  const answer = state.verdicts;
+  const sentence = document.getElementById("power-sentence");
+  sentence.textContent = powerText(answer.power, "these configs");
+  sentence.dataset.detect = answer.power.detect ?? "";
+  sentence.dataset.replicatesNeeded = answer.power.replicates_needed ?? "";
+  drawVerdictList(document.getElementById("best-verdicts"), answer);
+  document.getElementById("stats-method").textContent = answer.method;
 }
 
 function drawVerdicts() {
@@ -84,6 +105,7 @@ function drawFinal(holder) {
 function draw() {
   const configs = state.agg.configs.map((c) => ({ id: c.id, name: nameOf(c), colour: colourOf(c.id), index: chosen.indexOf(c.id) }));
   drawVerdicts();
+  drawStats();
   drawConfigTable(document.getElementById("config-table"), { axes: [], configs: state.cmp.configs }, {
     colourOf, nameOf, linkOf: (r) => `/sweeps/${r.sweep_id}`, selected: new Set(), showCurves: false, onSelect: () => {},
   });
@@ -104,6 +126,15 @@ async function loadReplicates(on) {
 async function main() {
   if (!chosen.length) { markReady(); return; }
   await Promise.all([load(), plotlyReady()]);
+  const detect = wireDetectInput(document.getElementById("detect-input"), document.getElementById("detect-unit"),
+    () => PRIMARY, async (value) => {
+      state.detect = value;
+      await askVerdicts(value).catch((err) => console.warn(err));
+      drawStats();
+    });
+  detect.unit();
+  state.detect = detect.start(state.verdicts.power.detectable_difference);
+  if (state.detect !== null) await askVerdicts(state.detect);
   await draw();
   markReady();
   for (const radio of document.querySelectorAll('input[name="band"]')) {

@@ -1,10 +1,14 @@
 // Sweep page: replicate bands per config, final accuracy against the swept setting, the table of
-// configs and the runs, all following the server's event stream (aggregates re-read on new epochs).
+// configs with each one's verdict against the best, the statistics (power, importance, parallel
+// coordinates) and the runs, all following the server's event stream (aggregates re-read on new
+// epochs; the table and the statistics when run statuses change).
 import { MAX_SHOWN, addPoints, drawCurves, keysQuery } from "/static/bands.js";
 import {
-  FINALS, PLOT_CONFIG, api, canCancel, canRetry, chartText, clearEmpty, colourFor, drawProgress, el, isFinal, layout,
-  markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, statusLabel, throttle, waitingText,
+  FINALS, PLOT_CONFIG, PRIMARY, api, canCancel, canRetry, chartText, clearEmpty, colourFor, doneCount, drawProgress, el,
+  isFinal, layout, markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, statusInfo, statusLabel,
+  throttle, waitingText,
 } from "/static/common.js";
+import { drawImportance, drawParcoords, powerText, verdictsByConfig, wireDetectInput } from "/static/stats.js";
 import { drawConfigTable } from "/static/table.js";
 
 // The server names the configs and lists the curve keys the sweep's runs report (app/pages.py).
@@ -15,6 +19,7 @@ const nameOf = (configId) => configMeta.get(configId)?.name ?? String(configId);
 const state = {
   agg: null, table: null, reps: new Map(), band: "std", axis: 0, selected: new Set(), loading: new Set(),
   statuses: null, lastEpoch: new Map(), dirty: new Set(), shown: null, keys: meta.keys, counts: {},
+  stats: { key: null, verdicts: null, importance: null, parcoords: null, detect: null, asked: 0, first: null },
 };
 const keys = () => keysQuery(state.keys);
 
@@ -167,9 +172,121 @@ function drawSweep() {
   ]);
 }
 
+// ---- statistics: verdicts, power, importance and parallel coordinates of one metric ----
+// The metrics with a direction (higher or lower is better) the sweep's runs report, the primary
+// first; the primary alone while they report none.
+const statsKeys = () => {
+  const keys = orderKeys(state.keys).filter((k) => metric(k).higher_is_better !== null);
+  return keys.length ? orderKeys(keys).sort((a, b) => (b === PRIMARY) - (a === PRIMARY)) : [PRIMARY];
+};
+// The metric selector, filled again when the runs report a new key (its choice kept).
+function fillMetricSelect() {
+  const select = document.getElementById("stats-metric");
+  const keys = statsKeys();
+  if ([...select.options].map((o) => o.value).join() === keys.join()) return;
+  select.replaceChildren(...keys.map((k) => el("option", { value: k }, metric(k).title)));
+  if (!keys.includes(state.stats.key)) select.append(el("option", { value: state.stats.key }, metric(state.stats.key).title));
+  select.value = state.stats.key;
+  select.closest("label").hidden = select.options.length < 2;
+}
+const statsQuery = (detect) => `metric=${encodeURIComponent(state.stats.key)}${detect ? `&detect=${detect}` : ""}`;
+
+async function askVerdicts(detect) {
+  const asked = ++state.stats.asked;
+  const answer = await api(`/api/sweeps/${meta.id}/verdicts?${statsQuery(detect)}`);
+  return asked === state.stats.asked ? answer : null; // a later question overtook this one
+}
+
+// Everything the statistics section and the verdict column show, read again (status changes only:
+// the answers depend on succeeded runs alone and the server caches them while statuses hold).
+async function loadStats() {
+  const key = state.stats.key;
+  const [verdicts, importance, parcoords] = await Promise.all([
+    askVerdicts(state.stats.detect),
+    api(`/api/sweeps/${meta.id}/importance?${statsQuery(null)}`),
+    api(`/api/sweeps/${meta.id}/parcoords?${statsQuery(null)}`),
+  ]);
+  if (key !== state.stats.key) return;
+  if (verdicts) state.stats.verdicts = verdicts;
+  Object.assign(state.stats, { importance, parcoords });
+}
+
+function drawPower() {
+  const answer = state.stats.verdicts;
+  const sentence = document.getElementById("power-sentence");
+  sentence.textContent = powerText(answer.power);
+  sentence.dataset.detect = answer.power.detect ?? "";
+  sentence.dataset.replicatesNeeded = answer.power.replicates_needed ?? "";
+  sentence.dataset.detectable = answer.power.detectable_difference ?? "";
+  document.getElementById("stats-method").textContent = answer.method;
+}
+
+function drawStats() {
+  document.body.dataset.statsDrawn = Number(document.body.dataset.statsDrawn || 0) + 1; // for tests
+  const waiting = doneCount(state.counts) ? null : waitingText(state.counts, { finals: true });
+  drawPower();
+  document.getElementById("importance-method").textContent = state.stats.importance.method ?? "";
+  return Promise.all([
+    drawImportance(document.getElementById("importance-chart"), document.getElementById("importance-text"),
+      state.stats.importance, waiting),
+    drawParcoords(document.getElementById("parcoords-chart"), state.stats.parcoords, waiting),
+  ]);
+}
+
+function showStatsError(err) {
+  console.warn(err);
+  document.getElementById("power-sentence").textContent = `Statistics could not be computed: ${err.message}`;
+}
+
+const refreshStats = throttle(async () => {
+  fillMetricSelect();
+  try { await loadStats(); await drawStats(); drawTable(); } catch (err) { showStatsError(err); }
+}, 3000);
+
+function wireStats() {
+  const select = document.getElementById("stats-metric");
+  fillMetricSelect();
+  const detect = wireDetectInput(document.getElementById("detect-input"), document.getElementById("detect-unit"),
+    () => state.stats.key, async (value) => {
+      state.stats.detect = value;
+      const answer = await askVerdicts(value).catch(showStatsError);
+      if (!answer) return;
+      state.stats.verdicts = answer;
+      drawPower();
+    });
+  detect.unit();
+  select.addEventListener("change", async () => {
+    state.stats.key = select.value;
+    document.getElementById("detect-input").value = "";
+    state.stats.detect = null;
+    detect.unit();
+    try {
+      await loadStats();
+      state.stats.detect = detect.start(state.stats.verdicts.power.detectable_difference);
+      if (state.stats.detect !== null) state.stats.verdicts = (await askVerdicts(state.stats.detect)) ?? state.stats.verdicts;
+      await drawStats();
+      drawTable();
+    } catch (err) { showStatsError(err); }
+  });
+  return detect;
+}
+
+// The first statistics: read, then asked again with a starting difference (half the detectable one).
+async function firstStats(loading, detect) {
+  try {
+    await loading;
+    state.stats.detect = detect.start(state.stats.verdicts.power.detectable_difference);
+    if (state.stats.detect !== null) state.stats.verdicts = (await askVerdicts(state.stats.detect)) ?? state.stats.verdicts;
+    await drawStats();
+    drawTable();
+  } catch (err) { showStatsError(err); }
+  document.body.dataset.statsReady = "true";
+}
+
 // ---- table, runs and status ----
 function drawTable() {
   drawConfigTable(document.getElementById("config-table"), state.table, {
+    verdicts: state.stats.verdicts ? { key: state.stats.verdicts.metric, byConfig: verdictsByConfig(state.stats.verdicts) } : null,
     colourOf, nameOf: (r) => nameOf(r.id), selected: state.selected, showCurves: !meta.auto_replicates,
     shown: configIds.length > 1 ? state.shown : null,
     onShown: async () => { showShownHint(); await loadMissingAggregates(); await drawReplicates(); },
@@ -285,8 +402,11 @@ function wireControls() {
 }
 
 async function main() {
+  state.stats.key = statsKeys()[0];
   const loading = Promise.all([loadAggregates(), loadTable(),
     meta.auto_replicates ? loadAllReplicates() : Promise.resolve(null)]);
+  const statsLoading = loadStats();
+  statsLoading.catch(() => {}); // reported by firstStats
   await plotlyReady();
   performance.mark("sweeplab-plotly-ready");
   const [, , repCursor] = await loading;
@@ -299,8 +419,10 @@ async function main() {
   performance.mark("sweeplab-sweep-drawn");
   drawTable();
   wireControls();
+  const detect = wireStats();
   drawn(state.agg.cursor);
   markReady();
+  state.stats.first = firstStats(statsLoading, detect);
   const start = Math.min(state.agg.cursor, repCursor ?? state.agg.cursor);
   // Every key streams: one the page has no chart for yet gets one (addKeys).
   openStream((cursor) => `/api/sweeps/${meta.id}/stream?cursor=${cursor ?? start}`, {
@@ -317,9 +439,12 @@ async function main() {
       state.statuses ||= {};
       const changed = Object.entries(statuses).filter(([id, s]) => state.statuses[id] !== s);
       for (const [id, s] of changed) forgetRetried(id, s);
+      // Statistics count succeeded runs only: they change when a run reaches or leaves such a status.
+      const results = changed.some(([id, s]) => statusInfo(s).done || statusInfo(state.statuses[id]).done);
       Object.assign(state.statuses, statuses);
       showStatuses(statuses);
       if (first || changed.length) refreshTable(); // the first event too: runs may have moved since the table was read
+      if (first || results) state.stats.first.then(refreshStats); // after the page's first answers
     },
   });
 }

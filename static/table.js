@@ -1,8 +1,13 @@
 // The sortable table of configs: swept values, replicates done, the final primary metric (mean ±
-// std and 95% CI), its best value, the other final metrics, epochs to 99% of the final value, wall time.
+// std and 95% CI), the verdict against the best config and the difference from it (when the page
+// has verdicts, app/services/verdicts.py), its best value, the other final metrics, epochs to 99% of the final value, wall time.
 import { FINALS, PRIMARY, STATUSES, el, formatValue, metric, seconds } from "/static/common.js";
+import { decimalsFor, unitOf, verdictTag, written } from "/static/stats.js";
 
 const sortState = new WeakMap(); // table -> {column, dir}
+
+// A setting's value as the charts label it: text as typed, lists as [32, 64].
+const readable = (v) => (typeof v === "string" ? v : Array.isArray(v) ? `[${v.map(readable).join(", ")}]` : JSON.stringify(v));
 
 function columns(data, opts) {
   const cols = [
@@ -14,7 +19,7 @@ function columns(data, opts) {
     cols.push({ title: axis.path, sort: (r) => {
       const i = axis.values.findIndex((v) => JSON.stringify(v) === JSON.stringify(r.params[axis.path]));
       return typeof axis.x[i] === "number" ? axis.x[i] : i;
-    }, cell: (r) => el("td", {}, typeof r.params[axis.path] === "string" ? r.params[axis.path] : JSON.stringify(r.params[axis.path])) });
+    }, cell: (r) => el("td", {}, readable(r.params[axis.path])) });
   }
   const p = metric(PRIMARY);
   const unit = (m) => (m.format === "percent" ? " %" : "");
@@ -30,6 +35,7 @@ function columns(data, opts) {
       fin(r).mean === null ? "–" : `${fmt(PRIMARY, fin(r).mean)} ± ${fmt(PRIMARY, fin(r).std)}`) },
     { title: "95% CI", sort: (r) => fin(r).ci_low ?? -1, cell: (r) => el("td", { class: "num" },
       fin(r).ci_low === null ? (fin(r).n === 1 ? "n=1" : "–") : `[${fmt(PRIMARY, fin(r).ci_low)}, ${fmt(PRIMARY, fin(r).ci_high)}]`) },
+    ...verdictColumns(opts.verdicts),
     { title: `best ${p.short}${unit(p)}`, sort: (r) => r.best[PRIMARY].mean ?? -1, cell: (r) => el("td", { class: "num" }, fmt(PRIMARY, r.best[PRIMARY].mean)) },
     ...FINALS.slice(1).map((key) => ({ title: `final ${metric(key).short}${unit(metric(key))}`, sort: (r) => r.final[key].mean ?? -1,
       cell: (r) => el("td", { class: "num" }, fmt(key, r.final[key].mean)) })),
@@ -62,6 +68,35 @@ function columns(data, opts) {
     return el("td", {}, box);
   } });
   return cols;
+}
+
+// The verdict of each config against the best (its sentence as the tooltip) and the difference of
+// means from the best with its 95% CI, for the metric the verdicts are about.
+const VERDICT_ORDER = ["best", "better", "higher", "indistinguishable", "lower", "worse", "too_few"];
+function verdictColumns(verdicts) {
+  if (!verdicts) return [];
+  const { key, byConfig } = verdicts;
+  const of = (r) => byConfig.get(r.id);
+  const rank = (r) => { const i = VERDICT_ORDER.indexOf(of(r)?.verdict); return i < 0 ? VERDICT_ORDER.length : i; };
+  const words = unitOf(key).word;
+  return [
+    { title: `verdict (${metric(key).short})`, sort: rank, cell: (r) => {
+      const v = of(r);
+      const none = !v || (v.n === 0 && !v.best); // no final yet: a dash, not "too few"
+      return el("td", { class: "verdict-cell", "data-verdict": v?.verdict ?? "", title: v?.text },
+        none ? "–" : verdictTag(v.verdict, v.text));
+    } },
+    { title: `Δ vs best${words ? ` (${words})` : ""}, 95% CI`, sort: (r) => of(r)?.difference ?? -Infinity, cell: (r) => {
+      const v = of(r);
+      if (!v || v.best) return el("td", { class: "num muted" }, v ? "best" : "–");
+      if (v.difference === null || v.difference === undefined) return el("td", { class: "num muted" }, "–");
+      const has = v.ci && v.ci[0] !== null;
+      const decimals = decimalsFor(key, has ? (v.ci[1] - v.ci[0]) / 2 : v.difference / 10);
+      const ci = has ? ` [${written(key, v.ci[0], { decimals })}, ${written(key, v.ci[1], { decimals })}]` : "";
+      return el("td", { class: "num", "data-difference": v.difference, title: v.text },
+        written(key, v.difference, { decimals, signed: true }), el("span", { class: "muted" }, ci));
+    } },
+  ];
 }
 
 export function drawConfigTable(table, data, opts) {
