@@ -415,6 +415,7 @@ class ProgramRunner:
             self._finish(RunStatus.FAILED, self._failure)
         elif returncode == 0:
             self._finish(RunStatus.SUCCEEDED)
+            log.info("run %d: program %s succeeded after epoch %d", claim.run_id, self.name, self.done_epoch)
         elif returncode < 0:
             error = f"program {self.name!r} was killed by {signal_name(returncode)} (out of memory?)"
             log.warning("run %d: %s; back to the queue (its attempt counts)", claim.run_id, error)
@@ -514,6 +515,8 @@ class ProgramRunner:
         if outcome is WriteOutcome.LOST:
             return self._lose()
         self.done_epoch = epoch.epoch
+        log.info("run %d epoch %d/%d (program %s) %s", self.claim.run_id, epoch.epoch, self.claim.epochs, self.name,
+                 " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != EPOCH_SECONDS))
         if outcome is WriteOutcome.CANCEL_REQUESTED:
             with self._lock:
                 self._cancelled = True

@@ -62,8 +62,9 @@ FAKE = textwrap.dedent('''
     for epoch in range(start, epochs + 1):
         if epoch:
             time.sleep(p.get("sleep", 0.05))
-        answer = channel.call("epoch", epoch=epoch, metrics={"loss": 1 / (epoch + 1 + seed), "val_accuracy": epoch / epochs},
-                              seconds=0.01, state=encode_blob(json.dumps({"epoch": epoch}).encode()))
+        metrics = {"loss": 1 / (epoch + 1 + seed), "val_accuracy": epoch / epochs}
+        answer = channel.call("epoch", epoch=epoch, metrics=metrics, seconds=0.01,
+                              state=encode_blob(json.dumps({"epoch": epoch}).encode()))
         if answer["stop"]:
             print("told to stop", flush=True)
             break
@@ -147,7 +148,8 @@ def test_a_program_that_exits_non_zero_fails_with_its_stderr_tail(psettings: Set
     (run,) = runs_of(engine, sweep_id)
     assert run.status == "failed" and run.attempt == 1  # its own verdict: not retried
     error = run.error or ""
-    assert error.startswith("program 'fake' exited with status 3: ") and error.endswith("boom: this program cannot train")
+    assert error.startswith("program 'fake' exited with status 3: ")
+    assert error.endswith("boom: this program cannot train")
     assert "noise line 29" in error and "noise line 10" not in error  # the last 20 lines of stderr only
     assert "a line on stderr" in (run.output or "") and "noise line 0" in (run.output or "")
 
