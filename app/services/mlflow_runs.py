@@ -281,7 +281,7 @@ def _page(items: list[dict[str, Any]], max_results: int, page_token: str | None
         start = int(page_token)
     size = min(max_results, MAX_PAGE)
     chunk = items[start:start + size]
-    more = start + size < len(items) and size < max_results
+    more = start + size < len(items)
     return chunk, str(start + size) if more else None
 
 
@@ -531,7 +531,7 @@ def _store_metrics(s: Session, run: Run, points: Sequence[MetricPoint]) -> int:
     if stepless:
         span = {k: (lo, hi) for k, lo, hi in s.execute(
             select(Metric.key, func.min(Metric.epoch), func.max(Metric.epoch))
-            .where(Metric.run_id == run.id, Metric.key.in_(stepless)).group_by(Metric.key)).tuples()}
+            .where(Metric.run_id == run.id, Metric.key.in_(stepless)).group_by(Metric.key)).all()}
     tags = dict(run.tags or {})
     seen: dict[str, int] = dict(tags.get(STEPLESS_TAG) or {})  # latest client timestamp of a stepless point
     before = dict(seen)
