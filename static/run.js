@@ -191,7 +191,8 @@ function followOutput() {
 }
 
 async function main() {
-  drawProvenance(JSON.parse(document.getElementById("run-provenance").textContent));
+  const recorded = JSON.parse(document.getElementById("run-provenance").textContent);
+  drawProvenance(recorded && Object.fromEntries(recorded));
   ({ series } = await api(`/api/runs/${run.id}/metrics`));
   await plotlyReady();
   await Promise.all([drawMetrics(), drawConfusion(), drawOutputs()]);

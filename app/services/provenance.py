@@ -33,9 +33,10 @@ from app.models import Run, RunStatus
 ATTEMPT = "attempt"
 EARLIER = "earlier"
 MAX_EARLIER = 10
-FIELDS = ("seed", "sweeplab", "python", "tensorflow", "keras", "numpy", "dataset", "dataset_sha256",
-          "host", "cpu", "gpu", "trainer", "packed", "pack_size", ATTEMPT)
-"""The fields a worker records, in the order pages show them (an external run may send others)."""
+FIELDS = ("seed", "sweeplab", "python", "tensorflow", "keras", "numpy", "host", "cpu", "gpu", "dataset",
+          "dataset_sha256", "trainer", "packed", "pack_size", ATTEMPT)
+"""The fields a worker records, in the order it records them and the run page shows them (an external
+run may send others)."""
 
 Scalar = str | int | float | bool
 

@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -167,6 +168,20 @@ def test_an_external_run_stores_the_provenance_it_sends(api: TestClient, engine:
     assert create(api).json()["provenance"] is None  # optional
 
 
+def test_the_run_page_hands_over_the_provenance_in_its_order(api: TestClient) -> None:
+    sent = {"seed": 3, "python": "3.12.1", "host": "</script><b>x</b>", "cores": 8, "gpu": None}
+    run = create(api, provenance=sent).json()
+    page = api.get(f"/runs/{run['id']}").text
+    found = re.search(r'<script id="run-provenance" type="application/json">(.*?)</script>', page, re.S)
+    assert found is not None and "<b>" not in found.group(1)  # the markup stays inside the JSON, escaped
+    assert json.loads(found.group(1)) == [list(item) for item in sent.items()]
+    assert 'id="provenance"' in page and "<h2>Provenance</h2>" in page
+    bare = create(api, seed=4).json()
+    found = re.search(r'<script id="run-provenance" type="application/json">(.*?)</script>',
+                      api.get(f"/runs/{bare['id']}").text, re.S)
+    assert found is not None and json.loads(found.group(1)) is None
+
+
 def field_errors(answer: dict[str, Any]) -> list[tuple[str, str]]:
     return [(f["loc"], f["msg"]) for f in answer["error"]["fields"]]
 
@@ -293,3 +308,40 @@ def test_the_same_seed_and_config_trained_twice_give_the_same_metrics(settings: 
             assert p["dataset_sha256"] == want_hash and p["seed"] == run.seed
             assert (p["tensorflow"], p["keras"]) == (tf.__version__, keras.__version__)
             assert p["gpu"] == gpu if gpu else p["gpu"] != "none"
+
+
+# ---- the notebook callback sends its own
+
+@pytest.mark.slow
+def test_the_callback_sends_its_provenance(live_server: Any, engine: Engine) -> None:
+    """A real model.fit tracked by SweeplabCallback against a live server: the run's provenance is
+    this process's Python, TensorFlow, Keras and NumPy, host and CPU."""
+    keras = pytest.importorskip("keras")
+    import tensorflow as tf
+
+    from sweeplab import callback as sweeplab_callback
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 6)).astype("float32"), rng.integers(0, 10, 32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    cb = sweeplab_callback.SweeplabCallback(url=live_server.url, sweep="prov", config={"w": 1}, seed=5)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    assert sweeplab_callback.flush(timeout=30)
+    p = get_run(engine, cb.run_id).provenance or {}  # type: ignore[arg-type]
+    assert (p["seed"], p["trainer"]) == (5, "keras_callback")
+    assert (p["python"], p["tensorflow"], p["keras"], p["numpy"]) == (
+        platform.python_version(), tf.__version__, keras.__version__, np.__version__)
+    assert p["host"] == socket.gethostname() and p["cpu"] and p["sweeplab"] == importlib.metadata.version("sweeplab")
+
+
+def test_the_callback_tracks_a_fit_without_provenance_when_gathering_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("keras")
+    from sweeplab import callback as sweeplab_callback
+
+    def broken() -> dict[str, str]:
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(sweeplab_callback, "machine_facts", broken)
+    assert sweeplab_callback.run_provenance(3) == {}

@@ -144,3 +144,11 @@ def test_packed_is_said_of_the_packed_trainer_only(kind: str, data_dir: Path) ->
     spec = TrainSpec.model_validate({"model": {"hidden": [4]}})
     (record,) = provenance.pack_provenance(spec, Settings(data_dir=data_dir), Kind(), [0])
     assert record["packed"] is (kind == "keras_packed")
+
+
+def test_a_record_holds_the_fields_in_their_order(data_dir: Path) -> None:
+    from app.services.provenance import ATTEMPT, FIELDS
+
+    spec = TrainSpec.model_validate({"model": {"hidden": [4]}})
+    (record,) = provenance.pack_provenance(spec, Settings(data_dir=data_dir), fake([1]), [1])
+    assert [*record, ATTEMPT] == list(FIELDS)  # the queue adds the attempt
