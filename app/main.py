@@ -22,6 +22,7 @@ from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import engine_for
 from app.errors import document_error_responses, install_error_handlers
 from app.middleware import BodyLimit, CrossSiteGuard
+from app.services.planner import plan_pending
 from app.services.reaping import reap_all
 from app.spec import SweepSpec
 
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reaped = await run_in_threadpool(reap_all, engine, settings)
                 if reaped.changed:
                     log.info("reaper: %s", reaped)
+                # The planner's backstop: adaptive sweeps whose last worker died before planning them.
+                await run_in_threadpool(lambda: plan_pending(engine, lease_seconds=settings.lease_seconds))
             except Exception:  # the database may be away; try again next time
                 log.warning("reaper pass failed", exc_info=True)
             await asyncio.sleep(settings.reap_seconds)

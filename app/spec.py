@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.adaptive_spec import SEARCH_METHODS, AdaptiveReplicates, Distribution, Method, Prune, Race, check_adaptive
 from app.text import encodable, first_unencodable, not_blank
 
 MAX_RUNS_PER_SWEEP = 10_000
@@ -267,6 +268,9 @@ ProgramName = Annotated[str | None, AfterValidator(_check_program_name)]
 # Fields added after configs were first hashed: left out of a dump while at their default, so that
 # every config that does not use them keeps its stored key (configs.key, content_key).
 OMITTED_AT_DEFAULT: dict[str, Any] = {"program": None, "params": None}
+# The adaptive keys of a sweep (app.adaptive_spec), likewise left out of a dump while at their default.
+OMITTED_AT_DEFAULT.update({"method": "grid", "search": None, "max_configs": None, "search_seed": None,
+                           "race": None, "prune": None})
 
 
 class TrainSpec(_Strict):
@@ -335,9 +339,20 @@ class SweepSpec(TrainSpec):
     name: StoredText = Field(min_length=1, max_length=200)
     study: StoredText | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
-    replicates: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
+    replicates: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | AdaptiveReplicates | None = Field(
+        default=None, description="seeds per config: an integer, or {min, max, step} for adaptive seeds (with race)")
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, max_length=MAX_SEEDS)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    method: Method = Field(default="grid", description="grid: every combination of grid; random, tpe: draw "
+                                                       "max_configs configs from search as workers free up")
+    search: dict[str, Distribution] | None = Field(default=None, description="random and tpe: a distribution per "
+                                                                             "dotted path (as grid paths)")
+    max_configs: int | None = Field(default=None, ge=1, le=MAX_RUNS_PER_SWEEP, description="random and tpe: configs "
+                                                                                           "to try")
+    search_seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="random and tpe: the sampler's "
+                                                                                  "seed (default 0)")
+    race: Race | None = Field(default=None, description="with adaptive replicates: settle each config against the best")
+    prune: Prune | None = Field(default=None, description="stop configs that cannot win early (status pruned)")
     questions: list[Question] | None = Field(default=None, max_length=MAX_QUESTIONS,
                                              description="questions of the study its study page answers")
 
@@ -377,7 +392,9 @@ class SweepSpec(TrainSpec):
         base = self.base_dict()
         for path, values in self.grid.items():
             _check_grid_axis(path, values, base)
-        n = len(self.seed_list()) * math.prod(len(v) for v in self.grid.values())
+        check_adaptive(self, lambda path, base: _check_grid_axis(path, [None], base), self._why_invalid,
+                       MAX_RUNS_PER_SWEEP)
+        n = self.run_count()
         if n > MAX_RUNS_PER_SWEEP:
             raise ValueError(f"the sweep expands to {n} runs; at most {MAX_RUNS_PER_SWEEP} are allowed")
         # Validate every combination now, so a bad grid value is reported at submit time.
@@ -390,10 +407,51 @@ class SweepSpec(TrainSpec):
                 raise ValueError(f"grid value {combo} makes {where} invalid: {err['msg']}") from None
         return self
 
+    def _why_invalid(self, combo: dict[str, Any]) -> str | None:
+        """Why the values COMBO ({path: value}) make the config invalid; None when they do not."""
+        try:
+            TrainSpec.model_validate(_apply(self.base_dict(), combo))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            return f"{'.'.join(str(p) for p in err['loc'])} invalid: {err['msg'].removeprefix('Value error, ')}"
+        except ValueError as exc:
+            return str(exc)
+        return None
+
     def seed_list(self) -> list[int]:
+        """The seeds every config starts with (adaptive replicates: the first `min`)."""
         if self.seeds is not None:
             return list(self.seeds)
+        if isinstance(self.replicates, AdaptiveReplicates):
+            return list(range(self.replicates.min))
         return list(range(self.replicates or 1))
+
+    @property
+    def searching(self) -> bool:
+        """Whether configs are drawn from `search` as work frees up (method random or tpe)."""
+        return self.method in SEARCH_METHODS
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether a planner adds configs or seeds after submit (app.services.planner)."""
+        return self.searching or self.race is not None
+
+    def max_replicates(self) -> int:
+        """The most seeds a config can get: `max` of adaptive replicates, else every seed."""
+        if isinstance(self.replicates, AdaptiveReplicates):
+            return self.replicates.max
+        return len(self.seed_list())
+
+    def max_epochs(self) -> int:
+        """The most epochs any config of the sweep can train."""
+        found = [self.epochs, *(v for v in self.grid.get("epochs", []) if isinstance(v, int))]
+        if self.search and "epochs" in self.search:
+            found += [v for v in self.search["epochs"].extremes() if isinstance(v, int)]
+        return max(found)
+
+    def config_for(self, params: dict[str, Any]) -> ExpandedConfig:
+        """The config that PARAMS ({dotted path: value}, a grid combination or a search draw) make."""
+        return ExpandedConfig(params=params, train=TrainSpec.model_validate(_apply(self.base_dict(), params)))
 
     def base_dict(self) -> dict[str, Any]:
         """The spec's own training settings as a plain dict (no name, seeds or grid)."""
@@ -421,14 +479,12 @@ class SweepSpec(TrainSpec):
 
     def expand(self) -> list[ExpandedConfig]:
         """Every config of the sweep with its resolved training settings."""
-        out = []
-        for combo in self.combinations():
-            train = TrainSpec.model_validate(_apply(self.base_dict(), combo))
-            out.append(ExpandedConfig(params=combo, train=train))
-        return out
+        return [self.config_for(combo) for combo in self.combinations()]
 
     def run_count(self) -> int:
-        return len(self.seed_list()) * len(self.combinations())
+        """The most runs the sweep can have: every config (max_configs of a search) at its most seeds."""
+        configs = self.max_configs or 1 if self.searching else len(self.combinations())
+        return self.max_replicates() * configs
 
 
 GRID_PATHS: frozenset[str] = frozenset(

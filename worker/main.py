@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.config import Settings
 from app.db import engine_for
 from app.retry import DatabaseUnavailable, retry_transient
+from app.services.planner import plan, plan_pending
 from app.services.queue import Claim, claim_runs, claims_with_token, new_token
 from app.services.reaping import reap_all
 from app.spec import TrainSpec
@@ -118,6 +119,9 @@ class Reaper(threading.Thread):
             reap_once(self.engine, self.settings)
 
 
+PLAN_IDLE_SECONDS = 2.0  # an idle worker asks the planner for new work at most this often
+
+
 class Worker:
     """Claims and trains until told to stop (SIGTERM/SIGINT, or `max_packs` packs, or idle with `once`)."""
 
@@ -129,6 +133,7 @@ class Worker:
         self.shutdown = threading.Event()
         self._factory = factory
         self.catalog = ProgramCatalog(settings.programs_dir)  # the training programs it offers
+        self._planned_idle_at: float | None = None
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -165,6 +170,8 @@ class Worker:
         factory = self.factory()  # the TensorFlow import comes before the first claim, not inside a lease
         claimed_at = time.monotonic()
         claims = self.claim()
+        if not claims and self._plan_idle():
+            claims = self.claim()
         if not claims:
             return False
         log.info("claimed runs %s (config %d, from epoch %d, attempt %d)", [c.run_id for c in claims],
@@ -173,9 +180,33 @@ class Worker:
             from worker.programs import ProgramRunner
 
             ProgramRunner(self.engine, self.settings, claims[0], self.catalog, self.shutdown, claimed_at).run()
-            return True
-        PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
+        else:
+            PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
+        self._plan(claims[0].sweep_id)
         return True
+
+    def _plan(self, sweep_id: int) -> None:
+        """Ask the planner for the sweep's next configs or seeds now that a pack of it ended (adaptive
+        sweeps only; a failure is logged and the idle plan or the server's timer tries again)."""
+        try:
+            retry_transient(lambda: plan(self.engine, sweep_id, lease_seconds=self.settings.lease_seconds),
+                            self.settings.db_retry_seconds, "plan")
+        except Exception:
+            log.warning("planning sweep %d failed; it is planned again later", sweep_id, exc_info=True)
+
+    def _plan_idle(self) -> bool:
+        """With the queue empty, plan the adaptive sweeps that have nothing queued (at most every
+        PLAN_IDLE_SECONDS); True if that queued new runs."""
+        now = time.monotonic()
+        if self._planned_idle_at is not None and now - self._planned_idle_at < PLAN_IDLE_SECONDS:
+            return False
+        self._planned_idle_at = now
+        try:
+            return bool(retry_transient(lambda: plan_pending(self.engine, lease_seconds=self.settings.lease_seconds),
+                                        self.settings.db_retry_seconds, "plan"))
+        except Exception:
+            log.warning("planning pending sweeps failed; trying again later", exc_info=True)
+            return False
 
     def run(self, once: bool = False, max_packs: int | None = None) -> int:
         """The main loop; returns the number of packs trained. Database hiccups are retried."""

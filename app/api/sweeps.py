@@ -102,7 +102,8 @@ def _check_datasets(spec: SweepSpec, settings: Settings) -> None:
 def _create_sweep(engine: Engine, settings: Settings, data: Any) -> SweepPublic:
     spec = sweep_service.parse_spec(data)
     _check_datasets(spec, settings)
-    return sweep_service.create_sweep(engine, spec, settings.max_runs_per_sweep, settings.max_attempts)
+    return sweep_service.create_sweep(engine, spec, settings.max_runs_per_sweep, settings.max_attempts,
+                                      settings.lease_seconds)
 
 
 @router.post("/validate", dependencies=ContentTyped, openapi_extra=SPEC_BODY,
@@ -119,10 +120,10 @@ async def validate_sweep(request: Request, settings: SettingsDep) -> dict[str, A
 def _validate(settings: Settings, data: Any) -> dict[str, Any]:
     spec = sweep_service.parse_spec(data)
     _check_datasets(spec, settings)
-    n_configs = len(spec.combinations())
+    n_configs = spec.max_configs or 1 if spec.searching else len(spec.combinations())
     if spec.run_count() > settings.max_runs_per_sweep:
         msg = f"the sweep expands to {spec.run_count()} runs; this server accepts at most {settings.max_runs_per_sweep}"
-        raise InvalidSpec(msg, [{"loc": "grid", "msg": msg}])
+        raise InvalidSpec(msg, [{"loc": "max_configs" if spec.searching else "grid", "msg": msg}])
     filled = spec.filled_in()
     return {"valid": True, "configs": n_configs, "replicates": len(spec.seed_list()), "runs": spec.run_count(),
             "spec": filled, "yaml": spec_yaml(filled)}

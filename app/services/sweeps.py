@@ -18,16 +18,24 @@ INSERT_CHUNK = 1000
 QUEUED, RUNNING, CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
 
 
-def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: int) -> SweepPublic:
-    """Store the sweep, one config per grid combination and one queued run per (config, seed)."""
+def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: int,
+                 lease_seconds: float = 60.0) -> SweepPublic:
+    """Store the sweep, one config per grid combination and one queued run per (config, seed). A
+    search (method random or tpe) starts with no config: the planner (app.services.planner) makes
+    its first ones in the same transaction and the rest as work frees up."""
     n = spec.run_count()
     if n > max_runs:
-        raise InvalidSpec(f"the sweep expands to {n} runs; this server accepts at most {max_runs} per sweep")
-    configs = spec.expand()
+        field = "max_configs" if spec.searching else "grid"
+        message = f"the sweep expands to {n} runs; this server accepts at most {max_runs} per sweep"
+        raise InvalidSpec(message, [{"loc": field, "msg": message}])
+    configs = [] if spec.searching else spec.expand()
     seeds = spec.seed_list()
+    # A search's stored spec leaves out a learning rate it did not choose (as filled_in does), so a
+    # searched optimizer.name gets its own default when the planner reads the spec back.
+    stored = spec.filled_in() if spec.searching else spec.model_dump(mode="json", exclude_none=True)
     with write_session(engine) as s:
         sweep = Sweep(kind=SweepKind.QUEUED.value, name=spec.name, study=spec.study, dataset=spec.dataset,
-                      spec=spec.model_dump(mode="json", exclude_none=True), run_count=n)
+                      spec=stored, run_count=n)
         s.add(sweep)
         s.flush()
         rows = []
@@ -45,6 +53,10 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
                  for r in rows[i:i + INSERT_CHUNK]]
             ))
         sweep_id = sweep.id
+        if spec.adaptive:
+            from app.services.planner import plan_locked
+
+            plan_locked(s, sweep_id, spec, lease_seconds=lease_seconds, max_attempts=max_attempts)
     return read_sweep(engine, sweep_id)
 
 
