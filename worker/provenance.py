@@ -118,3 +118,14 @@ def pack_provenance(spec: TrainSpec, settings: Settings, trainer: object, seeds:
         "pack_size": len(seeds),
     }
     return [{"seed": seed, **shared} for seed in seeds]
+
+
+def program_provenance(name: str, path: Path, seed: int, dataset: str | None, settings: Settings) -> dict[str, Any]:
+    """The record of one run of a training program (worker.programs): the process's facts (the
+    program runs on this worker's Python and packages), the program's name and its file's sha256,
+    the dataset's hash when its config names one; never packed. For `record_provenance`."""
+    record: dict[str, Any] = {"seed": seed, **process_facts()}
+    if dataset:
+        record |= {"dataset": dataset, "dataset_sha256": dataset_sha256(dataset, Path(settings.data_dir))}
+    return record | {"trainer": "program", "program": name, "program_sha256": safely(lambda: file_sha256(path)),
+                     "packed": False, "pack_size": 1}

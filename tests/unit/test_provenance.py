@@ -152,3 +152,18 @@ def test_a_record_holds_the_fields_in_their_order(data_dir: Path) -> None:
     spec = TrainSpec.model_validate({"model": {"hidden": [4]}})
     (record,) = provenance.pack_provenance(spec, Settings(data_dir=data_dir), fake([1]), [1])
     assert [*record, ATTEMPT] == list(FIELDS)  # the queue adds the attempt
+
+
+def test_a_programs_record(tmp_path: Path, data_dir: Path) -> None:
+    script = tmp_path / "fit.py"
+    script.write_text("print('training')\n")
+    record = provenance.program_provenance("fit", script, 4, "mnist", Settings(data_dir=data_dir))
+    assert {k: record[k] for k in ("seed", "trainer", "program", "program_sha256", "packed", "pack_size",
+                                   "dataset_sha256")} == {
+        "seed": 4, "trainer": "program", "program": "fit", "program_sha256": sha(script), "packed": False,
+        "pack_size": 1, "dataset_sha256": sha(data_dir / "mnist.npz")}
+    assert "dataset" not in provenance.program_provenance("fit", script, 4, None, Settings(data_dir=data_dir))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
