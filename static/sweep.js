@@ -222,7 +222,6 @@ function drawPower() {
 }
 
 function drawStats() {
-  document.body.dataset.statsDrawn = Number(document.body.dataset.statsDrawn || 0) + 1; // for tests
   const waiting = doneCount(state.counts) ? null : waitingText(state.counts, { finals: true });
   drawPower();
   document.getElementById("importance-method").textContent = state.stats.importance.method ?? "";
