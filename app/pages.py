@@ -28,10 +28,10 @@ from app.spec import (
     GRID_PATHS,
     LAYER_KINDS,
     Activation,
+    LayerSpec,
     Loss,
     OptimizerName,
     OutputActivation,
-    Padding,
     SweepSpec,
 )
 
@@ -95,12 +95,29 @@ def new_sweep_page(request: Request, engine: EngineDep, copy: int | None = Query
         start["name"] = f"{start.get('name', 'sweep')} (copy)"
     choices = {"dataset": available(request.app.state.settings.data_dir), "activation": get_args(Activation),
                "output_activation": get_args(OutputActivation), "loss": get_args(Loss),
-               "optimizer": get_args(OptimizerName), "grid_paths": sorted(GRID_PATHS), "layer_kinds": LAYER_KINDS,
-               "padding": get_args(Padding)}
+               "optimizer": get_args(OptimizerName), "grid_paths": sorted(GRID_PATHS), "layer_kinds": LAYER_KINDS}
     # Serialised here, not with `tojson`, which sorts keys: the order of grid axes orders the configs.
     form = htmlsafe_json_dumps({"start": start, "defaults": SweepSpec(name="x").model_dump(mode="json")},
                                dumps=json.dumps)
-    return _render(request, "new_sweep.html", choices=choices, form_json=form)
+    return _render(request, "new_sweep.html", choices=choices, form_json=form, layer_form=_layer_form())
+
+
+def _layer_form() -> dict[str, list[dict[str, Any]]]:
+    """Each layer kind's fields for the form's layer editor, from the spec's own models: name, default
+    (None: required), and the choices of a Literal or the step of a number."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in LAYER_KINDS:
+        model = get_args(LayerSpec.model_fields[kind].annotation)[0]  # the kind's settings (X | None)
+        fields = []
+        for name, info in model.model_fields.items():
+            entry: dict[str, Any] = {"name": name, "default": None if info.is_required() else info.default}
+            if choices := get_args(info.annotation):
+                entry["choices"] = list(choices)
+            else:
+                entry["step"] = "1" if info.annotation is int else "any"
+            fields.append(entry)
+        out[kind] = fields
+    return out
 
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)

@@ -8,7 +8,10 @@ const form = document.getElementById("sweep-form");
 const yamlBox = document.getElementById("spec-yaml");
 const countBox = document.getElementById("run-count");
 const gridRows = document.getElementById("grid-rows");
+const layerRows = document.getElementById("layer-rows");
+const LAYER_FIELDS = JSON.parse(document.getElementById("layer-data").textContent); // kind -> [{name, default, choices|step}]
 const input = (name) => form.elements.namedItem(name);
+const modelKind = () => form.querySelector('input[name="model-kind"]:checked').value;
 
 // ---- values in the form ----
 function listText(values) {
@@ -36,8 +39,13 @@ function formToSpec() {
   spec.dataset = input("dataset").value;
   const limit = { train: numberOr(input("limit.train").value), test: numberOr(input("limit.test").value) };
   if (limit.train !== undefined || limit.test !== undefined) spec.limit = Object.fromEntries(Object.entries(limit).filter(([, v]) => v !== undefined));
-  spec.model = { hidden: parseList(input("model.hidden").value), activation: input("model.activation").value,
-    output_activation: input("model.output_activation").value };
+  const kind = modelKind();
+  if (kind === "layers") spec.model = { layers: [...layerRows.children].map(rowToLayer) };
+  else if (kind === "builder") spec.model = { builder: input("model.builder").value.trim() };
+  else spec.model = { hidden: parseList(input("model.hidden").value), activation: input("model.activation").value };
+  spec.model.output_activation = input("model.output_activation").value;
+  const params = paramsValue();
+  if (params !== undefined) spec.params = params;
   spec.loss = input("loss").value;
   spec.optimizer = { name: input("optimizer.name").value };
   const lr = numberOr(input("optimizer.learning_rate").value);
@@ -49,15 +57,107 @@ function formToSpec() {
   const grid = {};
   for (const row of gridRows.querySelectorAll(".grid-row")) {
     const path = row.querySelector(".grid-path").value;
-    grid[path] = parseList(row.querySelector(".grid-values").value, { nested: path === "model.hidden" });
+    grid[path] = parseList(row.querySelector(".grid-values").value, { nested: path === "model.hidden" || path === "model.layers" });
   }
   spec.grid = grid;
   return JSON.parse(JSON.stringify(spec)); // drops undefined
 }
 
+// ---- the layer list: one row per layer, its kind and that kind's fields ----
+function paramsValue() {
+  const text = input("params").value.trim();
+  if (!text) return undefined;
+  try { return JSON.parse(text); } catch { return text; } // not JSON: the server says so at params
+}
+
+function rowToLayer(row) {
+  const kind = row.querySelector(".layer-kind").value, settings = {};
+  for (const f of LAYER_FIELDS[kind]) {
+    const box = row.querySelector(`[data-field="${f.name}"]`);
+    const value = f.choices ? box.value : numberOr(box.value);
+    if (value !== undefined) settings[f.name] = value;
+  }
+  return { [kind]: settings };
+}
+
+function fillLayerFields(row, kind, settings = {}) {
+  const holder = row.querySelector(".layer-fields");
+  holder.replaceChildren();
+  for (const f of LAYER_FIELDS[kind]) {
+    const label = document.createElement("label");
+    label.className = "inline";
+    label.append(`${f.name} `);
+    let box;
+    if (f.choices) {
+      box = document.createElement("select");
+      for (const c of f.choices) box.append(new Option(c, c));
+    } else {
+      box = document.createElement("input");
+      Object.assign(box, { type: "number", step: f.step, min: "0", required: f.default === null });
+      box.style.width = "6em";
+      if (f.default !== null) box.placeholder = String(f.default);
+    }
+    box.dataset.field = f.name;
+    box.setAttribute("aria-label", `${kind} ${f.name}`);
+    const value = settings[f.name] ?? (f.choices ? f.default : undefined);
+    if (value !== undefined && value !== null) box.value = String(value);
+    label.append(box);
+    holder.append(label);
+  }
+}
+
+function numberLayerRows() {
+  [...layerRows.children].forEach((row, i) => { row.dataset.loc = `model.layers.${i}`; });
+}
+
+function addLayerRow(layer = { dense: { units: 32 } }) {
+  const row = document.getElementById("layer-row").content.firstElementChild.cloneNode(true);
+  const [kind, settings] = Object.entries(layer)[0] || ["dense", {}];
+  const select = row.querySelector(".layer-kind");
+  select.value = kind in LAYER_FIELDS ? kind : "dense";
+  fillLayerFields(row, select.value, settings || {});
+  select.addEventListener("change", () => { fillLayerFields(row, select.value); changed(); });
+  row.querySelector(".remove-layer").addEventListener("click", () => { row.remove(); numberLayerRows(); changed(); });
+  layerRows.append(row);
+  numberLayerRows();
+  return row;
+}
+
+function showModelKind() {
+  const kind = modelKind();
+  for (const node of form.querySelectorAll("[data-kind]")) node.hidden = node.dataset.kind !== kind;
+}
+
+// Grid axes may also name a field of a layer in the list, or a key of params.
+const BASE_PATHS = [...document.getElementById("grid-row").content.querySelectorAll(".grid-path option")].map((o) => o.value);
+function gridPaths() {
+  const extra = [];
+  if (modelKind() === "layers") {
+    [...layerRows.children].forEach((row, i) => {
+      const kind = row.querySelector(".layer-kind").value;
+      for (const f of LAYER_FIELDS[kind]) extra.push(`model.layers.${i}.${kind}.${f.name}`);
+    });
+  }
+  const params = paramsValue();
+  if (params && typeof params === "object" && !Array.isArray(params)) extra.push(...Object.keys(params).map((k) => `params.${k}`));
+  return [...BASE_PATHS, ...extra];
+}
+
+function setGridOptions(select, keep) {
+  const paths = gridPaths();
+  if (keep && !paths.includes(keep)) paths.push(keep);
+  const current = [...select.options].map((o) => o.value);
+  if (current.join("\n") !== paths.join("\n")) select.replaceChildren(...paths.map((p) => new Option(p, p)));
+  if (keep) select.value = keep;
+}
+
+function refreshGridPaths() {
+  for (const select of gridRows.querySelectorAll(".grid-path")) setGridOptions(select, select.value);
+}
+
 function addGridRow(path, values) {
   const row = document.getElementById("grid-row").content.firstElementChild.cloneNode(true);
-  if (path) row.querySelector(".grid-path").value = path;
+  setGridOptions(row.querySelector(".grid-path"), path);
   row.querySelector(".grid-values").value = values ? listText(values) : "";
   row.querySelector(".remove-axis").addEventListener("click", () => { row.remove(); changed(); });
   gridRows.append(row);
@@ -70,9 +170,15 @@ function specToForm(spec) {
   set("name", spec.name); set("study", spec.study); set("description", spec.description);
   set("dataset", spec.dataset ?? d.dataset);
   set("limit.train", spec.limit?.train); set("limit.test", spec.limit?.test);
+  const kind = Array.isArray(spec.model?.layers) ? "layers" : spec.model?.builder ? "builder" : "hidden";
+  form.querySelector(`input[name="model-kind"][value="${kind}"]`).checked = true;
   set("model.hidden", listText(spec.model?.hidden ?? d.model.hidden));
   set("model.activation", spec.model?.activation ?? d.model.activation);
+  set("model.builder", spec.model?.builder);
+  layerRows.replaceChildren();
+  for (const layer of spec.model?.layers || []) addLayerRow(layer);
   set("model.output_activation", spec.model?.output_activation ?? d.model.output_activation);
+  set("params", spec.params === undefined ? "" : JSON.stringify(spec.params));
   set("loss", spec.loss ?? d.loss);
   set("optimizer.name", spec.optimizer?.name ?? d.optimizer.name);
   set("optimizer.learning_rate", spec.optimizer?.learning_rate);
@@ -83,6 +189,7 @@ function specToForm(spec) {
   gridRows.replaceChildren();
   for (const [path, values] of Object.entries(spec.grid || {})) addGridRow(path, values);
   showMode();
+  showModelKind();
 }
 
 function showMode() {
@@ -168,12 +275,21 @@ async function fromYaml() {
 let timer = null;
 const later = (fn, ms = 250) => { clearTimeout(timer); timer = setTimeout(fn, ms); };
 function changed() {
+  refreshGridPaths();
   formPending = true;
   later(fromForm);
 }
 
 form.addEventListener("input", changed);
-form.addEventListener("change", (event) => { if (event.target.name === "replicate-mode") showMode(); changed(); });
+form.addEventListener("change", (event) => {
+  if (event.target.name === "replicate-mode") showMode();
+  if (event.target.name === "model-kind") {
+    if (modelKind() === "layers" && !layerRows.children.length) addLayerRow();
+    showModelKind();
+  }
+  changed();
+});
+document.getElementById("add-layer").addEventListener("click", () => { addLayerRow(); changed(); });
 yamlBox.addEventListener("input", () => { formPending = false; later(fromYaml, 400); });
 document.getElementById("add-axis").addEventListener("click", () => { addGridRow(); changed(); });
 form.addEventListener("submit", (event) => event.preventDefault());
