@@ -225,7 +225,7 @@ def _provenance_rows(prov: dict[str, list[Any]]) -> list[tuple[str, str]]:
         if key in ("attempt",):
             continue
         text = seed_ranges([int(v) for v in values if isinstance(v, int)]) if key == "seed" else \
-            and_list([str(v) for v in values])
+            and_list([("yes" if v else "no") if isinstance(v, bool) else str(v) for v in values])
         rows.append((named.get(key, key), text))
     order = list(named.values())
     return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r[0]))
@@ -351,9 +351,17 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
                                      f"over replicates with its 95% confidence interval; dots are single replicates.")
             if added:
                 sweep_figs.append(added)
-    verdicts, verdicts_missing = _section(sweep_verdicts, engine, sweep_id, metric=PRIMARY_KEY, detect=detect)
-    importance, importance_missing = _section(sweep_importance, engine, sweep_id, PRIMARY_KEY)
-    par, par_missing = _section(parcoords, engine, sweep_id, PRIMARY_KEY)
+    single = len(rows) <= 1  # nothing to compare, nothing to attribute variance to
+    verdicts_missing: str | None
+    importance_missing: str | None
+    par_missing: str | None
+    if single:
+        verdicts, importance, par = None, None, None
+        verdicts_missing = importance_missing = par_missing = "not applicable: the sweep has one config"
+    else:
+        verdicts, verdicts_missing = _section(sweep_verdicts, engine, sweep_id, metric=PRIMARY_KEY, detect=detect)
+        importance, importance_missing = _section(sweep_importance, engine, sweep_id, PRIMARY_KEY)
+        par, par_missing = _section(parcoords, engine, sweep_id, PRIMARY_KEY)
     importance_fig = figures.add(figs.importance_figure(importance) if importance else None,
                                  "Share of the variance of the final metric explained by each setting (η², type II "
                                  "ANOVA) with 95% bootstrap confidence intervals; grey: the seeds (residual).")
@@ -365,10 +373,17 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
     prov = sweep_provenance(engine, sweep_id)
     power = _power_sentence(PRIMARY_KEY, verdicts.get("power")) if verdicts else None
     summary = [_capital(t) for t in ((verdicts or {}).get("text"), power) if t]
-    if (importance or {}).get("text") and (importance or {}).get("factors"):
+    if importance and importance.get("text") and importance.get("factors"):
         summary.append(str(importance["text"]))  # it starts with a setting's name: as it is
+    if single and rows and rows[0]["final"][PRIMARY_KEY]["n"]:
+        f = rows[0]["final"][PRIMARY_KEY]
+        spread = "" if f["half_width"] is None else f" ± {fmt_value(PRIMARY_KEY, f['half_width'])}"
+        summary.append(f"Final {metrics.describe(PRIMARY_KEY).title}: {fmt_value(PRIMARY_KEY, f['mean'])}{spread}"
+                       f"{unit(PRIMARY_KEY)} (mean ± 95% CI half-width over {f['n']} "
+                       f"seed{'s' * (f['n'] != 1)}).")
     return {
-        "anchor": f"sweep-{sweep.id}", "summary": summary, "sweep": sweep, "created": _when(sweep.created_at),
+        "anchor": f"sweep-{sweep.id}", "summary": summary, "single": single, "sweep": sweep,
+        "created": _when(sweep.created_at),
         "description": sweep.spec.get("description") or "", "kind": sweep.spec.get("kind", ""),
         "table": _table(sweep, rows), "primary": metrics.describe(PRIMARY_KEY).title,
         "curves": curve_figs, "sweep_figures": sweep_figs, "grid": bool(axes) and len(rows) > 1,

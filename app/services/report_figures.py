@@ -21,6 +21,7 @@ from app.numbers import finite_or_none
 COLOURS: tuple[str, ...] = tuple(qualitative.D3)  # the pages' first ten config colours (static/common.js)
 GROUP_LINES = ("#111827", "#b45309", "#0f766e", "#7c3aed", "#be123c", "#4b5563")
 FONT = {"family": "Helvetica, Arial, sans-serif", "size": 12}
+SIDE_LEGEND = 5  # configs a curve chart names beside it; more go below
 Figure = dict[str, Any]
 
 
@@ -81,7 +82,15 @@ def curve_figure(key: str, configs: Sequence[dict[str, Any]], series: dict[str, 
                                         "n=%{customdata[0]}<extra>%{fullData.name}</extra>"})
     if not traces:
         return None
-    return {"data": traces, "layout": layout(info.title, "epoch", info.axis, legend={"title": {"text": "config"}})}
+    drawn = len(traces) // 2
+    if drawn <= SIDE_LEGEND:
+        return {"data": traces, "layout": layout(info.title, "epoch", info.axis, showlegend=drawn > 1,
+                                                 legend={"title": {"text": "config"}})}
+    # Many configs: the legend goes below the chart (a side legend would scroll, and print cut).
+    rows = math.ceil(drawn / 3)
+    return {"data": traces, "layout": layout(info.title, "epoch", info.axis, height=340 + 20 * rows,
+                                             legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3,
+                                                     "yanchor": "top", "font": {"size": 11}})}
 
 
 def _x_axis(axis: dict[str, Any]) -> dict[str, Any]:
