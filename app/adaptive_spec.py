@@ -165,6 +165,19 @@ def field_error(model: str, loc: tuple[str | builtins.int, ...], message: str, v
     return ValidationError.from_exception_data(model, [InitErrorDetails(type=error, loc=loc, input=value)])
 
 
+def read_replicates(model: str, data: Any) -> Any:
+    """DATA (a spec before validation) with a {min, max, step} `replicates` validated as
+    AdaptiveReplicates, its errors at replicates.min (not at a branch of the int-or-mapping union)."""
+    if isinstance(data, dict) and isinstance(data.get("replicates"), dict):
+        try:
+            return {**data, "replicates": AdaptiveReplicates.model_validate(data["replicates"])}
+        except ValidationError as exc:
+            errors = [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"].removeprefix("Value error, ")),
+                                       loc=("replicates", *e["loc"]), input=e["input"]) for e in exc.errors()]
+            raise ValidationError.from_exception_data(model, errors) from None
+    return data
+
+
 def check_adaptive(spec: SweepSpec, check_path: Callable[[str, dict[str, Any]], None],
                    check_values: Callable[[dict[str, Any]], str | None], max_runs: builtins.int) -> None:
     """The rules between the adaptive keys; raises a ValidationError at the key that breaks one.

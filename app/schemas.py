@@ -39,6 +39,13 @@ class ConfigPublic(BaseModel):
     config: dict[str, Any]
 
 
+class Budget(BaseModel):
+    """What a sweep spent against its fixed design: every config at its most seeds for all its epochs."""
+
+    model_epochs_used: int = Field(description="epochs trained, summed over the sweep's runs")
+    model_epochs_fixed_design: int = Field(description="every config (of those made) at max replicates x its epochs")
+
+
 class SweepPublic(BaseModel):
     id: int
     name: str
@@ -49,6 +56,8 @@ class SweepPublic(BaseModel):
     created_at: datetime | None
     status_counts: StatusCounts
     spec: dict[str, Any]
+    budget: Budget | None = Field(default=None, description="model-epochs used and of the fixed design (queued "
+                                                            "sweeps; null for external ones)")
 
 
 class Progress(BaseModel):

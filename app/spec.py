@@ -30,7 +30,16 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from app.adaptive_spec import SEARCH_METHODS, AdaptiveReplicates, Distribution, Method, Prune, Race, check_adaptive
+from app.adaptive_spec import (
+    SEARCH_METHODS,
+    AdaptiveReplicates,
+    Distribution,
+    Method,
+    Prune,
+    Race,
+    check_adaptive,
+    read_replicates,
+)
 from app.text import encodable, first_unencodable, not_blank
 
 MAX_RUNS_PER_SWEEP = 10_000
@@ -366,7 +375,7 @@ class SweepSpec(TrainSpec):
             error = PydanticCustomError("unstorable_text", SURROGATE_MESSAGE)
             loc = tuple(where.split("."))
             raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(type=error, loc=loc, input=data)])
-        return data
+        return read_replicates(cls.__name__, data)
 
     @field_validator("name", "study")
     @classmethod

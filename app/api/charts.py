@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from app.api.deps import EngineDep, SettingsDep
 from app.metrics import CURVE_KEYS, PRIMARY_KEY
-from app.services import charts, dataset_views, parcoords, results
+from app.services import charts, dataset_views, parcoords, results, search_progress
 from app.services.charts import parse_ids
 from app.spec import StoredText
 
@@ -49,6 +49,16 @@ def read_sweep_parcoords(sweep_id: int, engine: EngineDep,
     """Parallel coordinates of the configs with a succeeded run: one axis per varying setting, then
     the mean final METRIC (also the colour), Plotly-ready."""
     return parcoords.parcoords(engine, sweep_id, metric)
+
+
+@router.get("/sweeps/{sweep_id}/search-progress")
+def read_search_progress(sweep_id: int, engine: EngineDep,
+                         metric: StoredText | None = Query(None, min_length=1, max_length=100,
+                                                           description="the metric key; default the race's, "
+                                                                       "the pruner's, then the primary metric")
+                         ) -> dict[str, Any]:
+    """Per config in the order it was made: its mean final METRIC and the best mean so far (columnar)."""
+    return search_progress.search_progress(engine, sweep_id, metric)
 
 
 @router.get("/configs/aggregates")

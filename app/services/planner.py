@@ -87,12 +87,30 @@ def plan(engine: Engine, sweep_id: int, *, lease_seconds: float = 60.0) -> PlanR
     with read_session(engine) as s:  # a look without the write lock: most calls have nothing to do
         peek = s.get(Sweep, sweep_id)
         spec = stored_spec(peek) if peek is not None else None
-    if spec is None:
+    if spec is None or (spec.race is None and not _search_has_room(engine, sweep_id, spec, lease_seconds)):
         return PlanResult(sweep_id)
     if spec.method == "tpe":
         import optuna  # noqa: F401  (its import takes a second: before the lock, not under it)
     with write_session(engine) as s:
         return plan_locked(s, sweep_id, spec, lease_seconds=lease_seconds)
+
+
+def _search_has_room(engine: Engine, sweep_id: int, spec: SweepSpec, lease_seconds: float) -> bool:
+    """Whether a search may add a config now, by a look without the lock (decided again under it): a
+    planner with nothing to do never waits for the write lock."""
+    with read_session(engine) as s:
+        made = s.scalar(select(func.count()).select_from(Config).where(Config.sweep_id == sweep_id)) or 0
+        if made >= (spec.max_configs or 0):
+            return False
+        return _room(s, sweep_id, lease_seconds) > 0
+
+
+def _room(session: Session, sweep_id: int, lease_seconds: float) -> int:
+    """How many more configs a search may have in flight: live workers + SEARCH_HEADROOM, less the
+    configs with runs queued or running."""
+    in_flight = int(session.scalar(select(func.count(func.distinct(Run.config_id)))
+                                   .where(Run.sweep_id == sweep_id, Run.status.in_([QUEUED, RUNNING]))) or 0)
+    return live_worker_count(session, lease_seconds) + SEARCH_HEADROOM - in_flight
 
 
 def live_worker_count(session: Session, lease_seconds: float) -> int:
@@ -120,10 +138,7 @@ def plan_locked(session: Session, sweep_id: int, spec: SweepSpec, *, lease_secon
         new_runs += _add_seeds(session, sweep, spec, configs, max_attempts)
     new_configs: list[int] = []
     if spec.searching and len(configs) < (spec.max_configs or 0):
-        in_flight = int(session.scalar(select(func.count(func.distinct(Run.config_id)))
-                                       .where(Run.sweep_id == sweep_id, Run.status.in_([QUEUED, RUNNING]))) or 0)
-        room = live_worker_count(session, lease_seconds) + SEARCH_HEADROOM - in_flight
-        wanted = min(room, (spec.max_configs or 0) - len(configs))
+        wanted = min(_room(session, sweep_id, lease_seconds), (spec.max_configs or 0) - len(configs))
         if wanted > 0:
             from app.services.search import next_configs
 

@@ -53,8 +53,8 @@ def objective_metric(spec: SweepSpec) -> str:
 
 
 def maximise(metric: str) -> bool:
-    """A metric where higher is better is maximised; one where lower is (a loss), or neither, minimised."""
-    return describe(metric).higher_is_better is True
+    """A metric where lower is better (a loss) is minimised; any other maximised (as the progress chart ranks)."""
+    return describe(metric).higher_is_better is not False
 
 
 def draw_seed(search_seed: int, k: int, attempt: int = 0) -> np.random.Generator:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, case, delete, func, insert, select, true, update
 from app.db import db_now, read_session, write_session
 from app.errors import InvalidSpec, SweepNotFound
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunSource, RunStatus, Sweep, SweepKind
-from app.schemas import ConfigPublic, Progress, StatusCounts, SweepProgress, SweepPublic, SweepsProgress, iso
+from app.schemas import Budget, ConfigPublic, Progress, StatusCounts, SweepProgress, SweepPublic, SweepsProgress, iso
 from app.spec import SweepSpec, describe_params, storable
 from app.statuses import FINAL, RETRYABLE
 
@@ -73,10 +73,40 @@ def _counts(engine: Engine, sweep_ids: list[int]) -> dict[int, StatusCounts]:
     return {i: StatusCounts(**out.get(i, {})) for i in sweep_ids}
 
 
-def _public(sweep: Sweep, counts: StatusCounts, n_configs: int) -> SweepPublic:
+def _public(sweep: Sweep, counts: StatusCounts, n_configs: int, budget: Budget | None = None) -> SweepPublic:
     return SweepPublic(id=sweep.id, name=sweep.name, study=sweep.study, dataset=sweep.dataset,
                        runs=counts.total or sweep.run_count, configs=n_configs, created_at=iso(sweep.created_at),
-                       status_counts=counts, spec=sweep.spec)
+                       status_counts=counts, spec=sweep.spec, budget=budget)
+
+
+def max_replicates_of(spec: Any) -> int:
+    """The most seeds a config of a stored spec can get (SweepSpec.max_replicates, read off the JSON
+    without validating it again)."""
+    replicates = spec.get("replicates") if isinstance(spec, dict) else None
+    if isinstance(replicates, dict) and isinstance(replicates.get("max"), int):
+        return int(replicates["max"])
+    if isinstance(spec, dict) and isinstance(spec.get("seeds"), list):
+        return len(spec["seeds"])
+    return replicates if isinstance(replicates, int) and not isinstance(replicates, bool) else 1
+
+
+def _budgets(engine: Engine, sweeps: list[Sweep]) -> dict[int, Budget]:
+    """Model-epochs used (each run's epochs trained) and of the fixed design (every config at max
+    replicates for all its epochs) of each queued sweep: two GROUP BYs."""
+    ids = [sw.id for sw in sweeps if sw.kind == SweepKind.QUEUED.value]
+    if not ids:
+        return {}
+    trained = case((Run.last_epoch > 0, Run.last_epoch), else_=0)
+    per_config = (select(Run.sweep_id.label("sweep_id"), func.max(Run.epochs).label("epochs"))
+                  .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id, Run.config_id)).subquery("config_epochs")
+    with read_session(engine) as s:
+        used = dict(s.execute(select(Run.sweep_id, func.coalesce(func.sum(trained), 0))
+                              .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id)).all())
+        design = dict(s.execute(select(per_config.c.sweep_id, func.coalesce(func.sum(per_config.c.epochs), 0))
+                                .group_by(per_config.c.sweep_id)).all())
+    return {sw.id: Budget(model_epochs_used=int(used.get(sw.id, 0)),
+                          model_epochs_fixed_design=int(design.get(sw.id, 0)) * max_replicates_of(sw.spec))
+            for sw in sweeps if sw.id in ids}
 
 
 def _config_counts(engine: Engine, sweep_ids: list[int]) -> dict[int, int]:
@@ -101,8 +131,8 @@ def list_sweeps(engine: Engine, study: str | None = None, status: str | None = N
             q = q.where(Sweep.id.in_(select(Run.sweep_id).where(Run.status == status)))
         sweeps = list(s.scalars(q.limit(limit).offset(offset)))
     ids = [sw.id for sw in sweeps]
-    counts, n_configs = _counts(engine, ids), _config_counts(engine, ids)
-    return [_public(sw, counts[sw.id], n_configs.get(sw.id, 0)) for sw in sweeps]
+    counts, n_configs, budgets = _counts(engine, ids), _config_counts(engine, ids), _budgets(engine, sweeps)
+    return [_public(sw, counts[sw.id], n_configs.get(sw.id, 0), budgets.get(sw.id)) for sw in sweeps]
 
 
 def get_sweep_row(engine: Engine, sweep_id: int) -> Sweep:
@@ -115,7 +145,8 @@ def get_sweep_row(engine: Engine, sweep_id: int) -> Sweep:
 
 def read_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
     sweep = get_sweep_row(engine, sweep_id)
-    return _public(sweep, _counts(engine, [sweep_id])[sweep_id], _config_counts(engine, [sweep_id]).get(sweep_id, 0))
+    return _public(sweep, _counts(engine, [sweep_id])[sweep_id], _config_counts(engine, [sweep_id]).get(sweep_id, 0),
+                   _budgets(engine, [sweep]).get(sweep_id))
 
 
 PROGRESS_FIELDS = ("runs", "ended", "running", "succeeded", "failed", "epochs_done", "epochs_left")
