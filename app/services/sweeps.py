@@ -100,10 +100,12 @@ def _budgets(engine: Engine, sweeps: list[Sweep]) -> dict[int, Budget]:
     per_config = (select(Run.sweep_id.label("sweep_id"), func.max(Run.epochs).label("epochs"))
                   .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id, Run.config_id)).subquery("config_epochs")
     with read_session(engine) as s:
-        used = dict(s.execute(select(Run.sweep_id, func.coalesce(func.sum(trained), 0))
-                              .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id)).all())
-        design = dict(s.execute(select(per_config.c.sweep_id, func.coalesce(func.sum(per_config.c.epochs), 0))
-                                .group_by(per_config.c.sweep_id)).all())
+        used: dict[int, int] = dict(s.execute(
+            select(Run.sweep_id, func.coalesce(func.sum(trained), 0)).where(Run.sweep_id.in_(ids))
+            .group_by(Run.sweep_id)).all())
+        design: dict[int, int] = dict(s.execute(
+            select(per_config.c.sweep_id, func.coalesce(func.sum(per_config.c.epochs), 0))
+            .group_by(per_config.c.sweep_id)).all())
     return {sw.id: Budget(model_epochs_used=int(used.get(sw.id, 0)),
                           model_epochs_fixed_design=int(design.get(sw.id, 0)) * max_replicates_of(sw.spec))
             for sw in sweeps if sw.id in ids}
