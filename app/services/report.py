@@ -159,7 +159,7 @@ class _Figures:
         entry = {"id": f"fig-{len(self.items) + 1}", "caption": caption, "data": figure["data"],
                  "layout": figure["layout"]}
         self.items.append(entry)
-        return {"id": entry["id"], "caption": caption}
+        return {"id": entry["id"], "caption": caption, "wide": bool(figure.get("wide"))}
 
 
 def _table(sweep: SweepPublic, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,8 +347,14 @@ def _sweep_section(engine: Engine, sweep_id: int, figures: _Figures, generated: 
         for axis in axes:
             groups = {r["id"]: axis_groups(r["params"]).get(axis["path"], "") for r in rows}
             fig = figs.sweep_figure(PRIMARY_KEY, axis, rows, groups)
-            added = figures.add(fig, f"Final {metrics.describe(PRIMARY_KEY).title} against {axis['title']}: the mean "
-                                     f"over replicates with its 95% confidence interval; dots are single replicates.")
+            title = f"Final {metrics.describe(PRIMARY_KEY).title} against {axis['title']}"
+            if len(set(groups.values())) > figs.MAX_GROUP_LINES:
+                caption = (f"{title}: each dot is a config's mean over its replicates (hover for its other "
+                           f"settings); the line is the mean of those means at each value.")
+            else:
+                caption = (f"{title}: the mean over replicates with its 95% confidence interval, one line per "
+                           f"combination of the other settings; dots are single replicates.")
+            added = figures.add(fig, caption)
             if added:
                 sweep_figs.append(added)
     single = len(rows) <= 1  # nothing to compare, nothing to attribute variance to

@@ -21,7 +21,8 @@ from app.numbers import finite_or_none
 COLOURS: tuple[str, ...] = tuple(qualitative.D3)  # the pages' first ten config colours (static/common.js)
 GROUP_LINES = ("#111827", "#b45309", "#0f766e", "#7c3aed", "#be123c", "#4b5563")
 FONT = {"family": "Helvetica, Arial, sans-serif", "size": 12}
-SIDE_LEGEND = 5  # configs a curve chart names beside it; more go below
+SIDE_LEGEND = 5  # configs a half-width curve chart names beside it; with more it takes the whole width
+MAX_GROUP_LINES = 6  # lines of a final-vs-setting chart, one per combination of the other settings
 Figure = dict[str, Any]
 
 
@@ -85,12 +86,11 @@ def curve_figure(key: str, configs: Sequence[dict[str, Any]], series: dict[str, 
     drawn = len(traces) // 2
     if drawn <= SIDE_LEGEND:
         return {"data": traces, "layout": layout(info.title, "epoch", info.axis, showlegend=drawn > 1,
-                                                 legend={"title": {"text": "config"}})}
-    # Many configs: the legend goes below the chart (a side legend would scroll, and print cut).
-    rows = math.ceil(drawn / 3)
-    return {"data": traces, "layout": layout(info.title, "epoch", info.axis, height=340 + 20 * rows,
-                                             legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3,
-                                                     "yanchor": "top", "font": {"size": 11}})}
+                                                 legend={"title": {"text": "config"}, "tracegroupgap": 0})}
+    # Many configs: the chart takes the whole width and grows with its legend (which never scrolls).
+    return {"wide": True, "data": traces,
+            "layout": layout(info.title, "epoch", info.axis, height=max(340, 110 + 22 * drawn),
+                             legend={"title": {"text": "config"}, "font": {"size": 11}, "tracegroupgap": 0})}
 
 
 def _x_axis(axis: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +120,8 @@ def sweep_figure(key: str, axis: dict[str, Any], rows: Sequence[dict[str, Any]],
 
     traces: list[dict[str, Any]] = []
     names = list(dict.fromkeys(groups.get(r["id"], "") for r in rows))
+    if len(names) > MAX_GROUP_LINES:
+        return _marginal_figure(key, axis, rows, groups, position, at)
     for gi, group in enumerate(names):
         mine = sorted((r for r in rows if groups.get(r["id"], "") == group and position(r) >= 0), key=position)
         have = [r for r in mine if r["final"][key]["mean"] is not None]
@@ -148,7 +150,35 @@ def sweep_figure(key: str, axis: dict[str, Any], rows: Sequence[dict[str, Any]],
     title = f"final {info.title} vs {axis['title']}"
     return {"data": traces, "layout": layout(title, axis["title"] + scale, f"{info.axis} at the last epoch",
                                              xaxis=_x_axis(axis), showlegend=len(names) > 1,
-                                             legend={"title": {"text": "other settings"}})}
+                                             legend={"title": {"text": "other settings"}, "tracegroupgap": 0})}
+
+
+def _marginal_figure(key: str, axis: dict[str, Any], rows: Sequence[dict[str, Any]], groups: dict[int, str],
+                     position: Any, at: Any) -> Figure | None:
+    """Too many combinations of the other settings for a line each: every config's mean as a dot
+    (its other settings on hover) and, in bold, the mean of those means at each value."""
+    info = metrics.describe(key)
+    have = sorted((r for r in rows if position(r) >= 0 and r["final"][key]["mean"] is not None), key=position)
+    if not have:
+        return None
+    by_value: dict[int, list[float]] = {}
+    for r in have:
+        by_value.setdefault(position(r), []).append(r["final"][key]["mean"])
+    order = sorted(by_value)
+    traces = [
+        {"type": "scatter", "mode": "markers", "name": "configs", "x": [at(position(r)) for r in have],
+         "y": [r["final"][key]["mean"] for r in have], "marker": {"size": 7, "color": fade(GROUP_LINES[1], 0.45)},
+         "customdata": [[chart_text(groups.get(r["id"], "")), r["final"][key]["n"]] for r in have],
+         "hovertemplate": "%{customdata[0]}: %{y:.4f}, n=%{customdata[1]}<extra></extra>"},
+        {"type": "scatter", "mode": "lines+markers", "name": "mean over the other settings",
+         "x": [at(i) for i in order], "y": [math.fsum(by_value[i]) / len(by_value[i]) for i in order],
+         "line": {"color": GROUP_LINES[0], "width": 3}, "marker": {"size": 9, "color": GROUP_LINES[0]},
+         "hovertemplate": "%{y:.4f}<extra>%{fullData.name}</extra>"},
+    ]
+    scale = {"log2": " (log₂ scale)", "log10": " (log scale)"}.get(axis["kind"], "")
+    return {"data": traces, "layout": layout(f"final {info.title} vs {axis['title']}", axis["title"] + scale,
+                                             f"{info.axis} at the last epoch", xaxis=_x_axis(axis),
+                                             showlegend=False)}
 
 
 def _percent(x: float | None) -> float | None:
