@@ -26,7 +26,9 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import ContentTyped, EngineDep, Guarded, SettingsDep, require_token
 from app.errors import EndpointNotFound, InvalidSpec
 from app.services import mlflow_artifacts as artifact_service
+from app.services import mlflow_experiments as experiments
 from app.services import mlflow_runs as service
+from app.services.mlflow_search import MAX_RESULTS
 from app.text import first_unencodable
 
 PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
@@ -132,7 +134,7 @@ class ExperimentCreate(_Lenient):
 
 class Search(_Lenient):
     filter: str | None = Field(default=None, max_length=2000)
-    max_results: int = Field(default=1000, ge=1, le=service.MAX_RESULTS)
+    max_results: int = Field(default=1000, ge=1, le=MAX_RESULTS)
     order_by: list[Annotated[str, StringConstraints(max_length=300)]] = Field(default_factory=list, max_length=20)
     page_token: str | None = Field(default=None, max_length=20)
 
@@ -205,22 +207,22 @@ tracking = APIRouter(include_in_schema=False)
 
 @tracking.post("/experiments/create", dependencies=Guarded)
 def create_experiment(body: ExperimentCreate, engine: EngineDep) -> dict[str, Any]:
-    return {"experiment_id": service.create_experiment(engine, body.name, _tags(body.tags))}
+    return {"experiment_id": experiments.create_experiment(engine, body.name, _tags(body.tags))}
 
 
 @tracking.get("/experiments/get")
 def get_experiment(engine: EngineDep, experiment_id: Annotated[str, Query(max_length=20)] = "") -> dict[str, Any]:
-    return {"experiment": service.get_experiment(engine, experiment_id)}
+    return {"experiment": experiments.get_experiment(engine, experiment_id)}
 
 
 @tracking.get("/experiments/get-by-name")
 def get_experiment_by_name(engine: EngineDep,
                            experiment_name: Annotated[str, Query(min_length=1, max_length=200)]) -> dict[str, Any]:
-    return {"experiment": service.get_experiment_by_name(engine, experiment_name)}
+    return {"experiment": experiments.get_experiment_by_name(engine, experiment_name)}
 
 
 def _search_experiments(engine: Any, body: ExperimentSearch) -> dict[str, Any]:
-    items, token = service.search_experiments(engine, body.filter, body.order_by, body.max_results, body.page_token)
+    items, token = experiments.search_experiments(engine, body.filter, body.order_by, body.max_results, body.page_token)
     return _paged("experiments", items, token)
 
 
@@ -231,7 +233,7 @@ def search_experiments(body: ExperimentSearch, engine: EngineDep) -> dict[str, A
 
 @tracking.get("/experiments/search")
 def search_experiments_get(engine: EngineDep, filter: Annotated[str | None, Query(max_length=2000)] = None,
-                           max_results: Annotated[int, Query(ge=1, le=service.MAX_RESULTS)] = 1000,
+                           max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 1000,
                            order_by: Annotated[list[str] | None, Query(max_length=20)] = None,
                            page_token: Annotated[str | None, Query(max_length=20)] = None) -> dict[str, Any]:
     body = ExperimentSearch(filter=filter, max_results=max_results, order_by=order_by or [], page_token=page_token)
@@ -270,7 +272,7 @@ def search_runs(body: RunSearch, engine: EngineDep) -> dict[str, Any]:
 @tracking.get("/runs/search")
 def search_runs_get(engine: EngineDep, experiment_ids: Annotated[list[str] | None, Query(max_length=100)] = None,
                     filter: Annotated[str | None, Query(max_length=2000)] = None,
-                    max_results: Annotated[int, Query(ge=1, le=service.MAX_RESULTS)] = 1000,
+                    max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 1000,
                     order_by: Annotated[list[str] | None, Query(max_length=20)] = None,
                     page_token: Annotated[str | None, Query(max_length=20)] = None,
                     run_view_type: Annotated[str | None, Query(max_length=20)] = None) -> dict[str, Any]:

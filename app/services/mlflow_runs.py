@@ -1,10 +1,5 @@
-"""MLflow's tracking protocol on sweeplab's own rows (app/api/mlflow.py answers it over HTTP).
-
-**Experiments are external sweeps** (`kind='external'`): the experiment id is the sweep's id as
-text; "the experiment named N" is the newest external sweep named N (any study), and creating one
-that exists is RESOURCE_ALREADY_EXISTS. MLflow's default experiment, id "0", is the external sweep
-named "Default", made by the first run logged into it. Any sweep (queued ones too) can be read by
-its id and its runs searched, but only external sweeps take runs.
+"""MLflow's runs are sweeplab's external runs (app/api/mlflow.py answers them over HTTP; experiments,
+the external sweeps they belong to: app/services/mlflow_experiments.py).
 
 **MLflow runs are external runs** (`source='external'`, app/services/external.py): the run id is
 the run's id as text. Like every external run, one silent for SWEEPLAB_EXTERNAL_STALE_SECONDS (no
@@ -60,15 +55,19 @@ from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import db_now, dialect_insert, read_session, write_session
-from app.errors import AlreadyExists, InvalidSpec, InvalidTransition, NotFound
+from app.errors import InvalidSpec, InvalidTransition, NotFound
 from app.metrics import keras_key
 from app.models import Config, Metric, Run, RunEvent, RunSource, RunStatus, Sweep, SweepKind, metric_value
 from app.services import external
-from app.services.mlflow_search import Row, matches, parse_filter, parse_order, sort_rows
-from app.text import encodable
+from app.services.mlflow_experiments import (
+    DEFAULT_EXPERIMENT_ID,
+    DEFAULT_EXPERIMENT_NAME,
+    ExperimentNotFound,
+    ms,
+    sweep_for,
+)
+from app.services.mlflow_search import Row, matches, page, parse_filter, parse_order, sort_rows
 
-DEFAULT_EXPERIMENT_ID = "0"
-DEFAULT_EXPERIMENT_NAME = "Default"
 SEED = "seed"
 RESERVED_TAG_PREFIX = "sweeplab."
 SEED_PARAM_TAG = "sweeplab.seed_param"
@@ -81,8 +80,6 @@ MAX_EPOCH = 100_000  # as an external run's epochs
 MAX_SEED = 2**63 - 1
 MAX_TAGS_PER_RUN = 1000
 MAX_TAGS_CHARS = 200_000  # a run's tags as JSON
-MAX_PAGE = 1000  # runs or experiments per answer; the client asks for the next page
-MAX_RESULTS = 50_000  # MLflow's own bound on max_results
 MAX_HISTORY = 100_001  # every epoch of one key
 
 TO_MLFLOW_STATUS = {RunStatus.QUEUED.value: "SCHEDULED", RunStatus.RUNNING.value: "RUNNING",
@@ -91,17 +88,11 @@ TO_MLFLOW_STATUS = {RunStatus.QUEUED.value: "SCHEDULED", RunStatus.RUNNING.value
 FROM_MLFLOW_STATUS = {"FINISHED": RunStatus.SUCCEEDED, "FAILED": RunStatus.FAILED, "KILLED": RunStatus.CANCELLED}
 RUN_ATTRIBUTES = frozenset({"run_id", "run_name", "status", "user_id", "experiment_id", "artifact_uri",
                             "lifecycle_stage", "start_time", "end_time"})
-EXPERIMENT_ATTRIBUTES = frozenset({"name", "experiment_id", "lifecycle_stage", "creation_time", "last_update_time"})
 
 
 class RunNotFound(NotFound):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id[:100]!r} not found")
-
-
-class ExperimentNotFound(NotFound):
-    def __init__(self, experiment_id: str) -> None:
-        super().__init__(f"experiment {experiment_id[:100]!r} not found")
 
 
 @dataclass(frozen=True)
@@ -150,10 +141,6 @@ def metric_json(value: float | None) -> float | str:
     return value
 
 
-def _ms(seconds: float | None) -> int | None:
-    return int(seconds * 1000) if seconds is not None else None
-
-
 def parse_seed(text: str, where: str) -> int:
     try:
         seed = int(text.strip())
@@ -173,118 +160,6 @@ def parse_run_id(run_id: str | None) -> int:
     return int(run_id)
 
 
-def check_text(text: str, where: str, most: int) -> str:
-    if len(text) > most:
-        raise InvalidSpec(f"{where}: over {most} characters", fields=[{"loc": where, "msg": f"over {most} characters"}])
-    if "\x00" in text or not encodable(text):
-        raise InvalidSpec(f"{where}: holds a NUL or a lone surrogate, which cannot be stored",
-                          fields=[{"loc": where, "msg": "cannot be stored"}])
-    return text
-
-
-# ---- experiments ------------------------------------------------------------------------------
-
-def _experiment_id(sweep: Sweep) -> str:
-    return str(sweep.id)
-
-
-def _experiment_json(sweep: Sweep, last_update: float | None = None) -> dict[str, Any]:
-    tags = sweep.spec.get("tags") if isinstance(sweep.spec, dict) else None
-    return {"experiment_id": _experiment_id(sweep), "name": sweep.name,
-            "artifact_location": f"mlflow-artifacts:/{sweep.id}", "lifecycle_stage": "active",
-            "creation_time": _ms(sweep.created_at), "last_update_time": _ms(last_update or sweep.created_at),
-            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
-
-
-def _virtual_default() -> dict[str, Any]:
-    return {"experiment_id": DEFAULT_EXPERIMENT_ID, "name": DEFAULT_EXPERIMENT_NAME,
-            "artifact_location": "mlflow-artifacts:/0", "lifecycle_stage": "active", "tags": []}
-
-
-def _named(s: Session, name: str) -> Sweep | None:
-    return s.scalars(select(Sweep).where(Sweep.kind == SweepKind.EXTERNAL.value, Sweep.name == name)
-                     .order_by(Sweep.id.desc()).limit(1)).first()
-
-
-def _sweep_for(s: Session, experiment_id: str) -> Sweep | None:
-    if experiment_id == DEFAULT_EXPERIMENT_ID:
-        return _named(s, DEFAULT_EXPERIMENT_NAME)
-    if not experiment_id.isdigit() or len(experiment_id) > 9:
-        return None
-    return s.get(Sweep, int(experiment_id))
-
-
-def get_experiment(engine: Engine, experiment_id: str) -> dict[str, Any]:
-    with read_session(engine) as s:
-        sweep = _sweep_for(s, experiment_id)
-    if sweep is None:
-        if experiment_id == DEFAULT_EXPERIMENT_ID:
-            return _virtual_default()
-        raise ExperimentNotFound(experiment_id)
-    return _experiment_json(sweep)
-
-
-def get_experiment_by_name(engine: Engine, name: str) -> dict[str, Any]:
-    with read_session(engine) as s:
-        sweep = _named(s, name)
-    if sweep is None:
-        raise NotFound(f"experiment {name[:200]!r} not found")
-    return _experiment_json(sweep)
-
-
-def create_experiment(engine: Engine, name: str, tags: dict[str, str]) -> str:
-    """A new external sweep named NAME; RESOURCE_ALREADY_EXISTS when one is."""
-    name = check_text(name.strip(), "name", 200)
-    if not name:
-        raise InvalidSpec("name: must not be blank", fields=[{"loc": "name", "msg": "must not be blank"}])
-    with write_session(engine) as s:
-        external._lock(s)
-        if _named(s, name) is not None:
-            raise AlreadyExists(f"experiment {name!r} already exists")
-        sweep = external._find_or_create_sweep(s, external.ExternalRunRequest(sweep=name, config={}, seed=0))
-        if tags:
-            sweep.spec = {**sweep.spec, "tags": dict(tags)}
-        return _experiment_id(sweep)
-
-
-def search_experiments(engine: Engine, filter_text: str | None, order_by: Sequence[str], max_results: int,
-                       page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    """External sweeps (MLflow's experiments), newest first unless ordered otherwise."""
-    clauses = parse_filter(filter_text, EXPERIMENT_ATTRIBUTES)
-    order = parse_order(order_by, EXPERIMENT_ATTRIBUTES)
-    with read_session(engine) as s:
-        sweeps = list(s.scalars(select(Sweep).where(Sweep.kind == SweepKind.EXTERNAL.value)
-                                .order_by(Sweep.id.desc())))
-    rows = []
-    for sweep in sweeps:
-        js = _experiment_json(sweep)
-        row = Row(tags={t["key"]: t["value"] for t in js["tags"]},
-                  attributes={"name": sweep.name, "experiment_id": js["experiment_id"], "lifecycle_stage": "active",
-                              "creation_time": js["creation_time"], "last_update_time": js["last_update_time"]})
-        row.attributes["json"] = js
-        if matches(row, clauses):
-            rows.append(row)
-    rows = sort_rows(rows, order)
-    return _page([r.attributes["json"] for r in rows], max_results, page_token)
-
-
-def _page(items: list[dict[str, Any]], max_results: int, page_token: str | None
-          ) -> tuple[list[dict[str, Any]], str | None]:
-    if not 1 <= max_results <= MAX_RESULTS:
-        raise InvalidSpec(f"max_results: between 1 and {MAX_RESULTS}",
-                          fields=[{"loc": "max_results", "msg": f"between 1 and {MAX_RESULTS}"}])
-    start = 0
-    if page_token:
-        if not page_token.isdigit() or len(page_token) > 9:
-            raise InvalidSpec("page_token: not a token this server gave",
-                              fields=[{"loc": "page_token", "msg": "not a token this server gave"}])
-        start = int(page_token)
-    size = min(max_results, MAX_PAGE)
-    chunk = items[start:start + size]
-    more = start + size < len(items)
-    return chunk, str(start + size) if more else None
-
-
 # ---- runs: reading ----------------------------------------------------------------------------
 
 def _latest_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -300,7 +175,7 @@ def _latest_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, list[dict[s
                          .order_by(Metric.run_id, Metric.key)).all()
         for r in rows:
             out.setdefault(r.run_id, []).append({"key": r.key, "value": metric_json(r.value),
-                                                 "timestamp": _ms(r.created_at), "step": r.epoch})
+                                                 "timestamp": ms(r.created_at), "step": r.epoch})
     return out
 
 
@@ -326,10 +201,10 @@ def _info(run: Run) -> dict[str, Any]:
         "run_id": str(run.id), "run_uuid": str(run.id), "run_name": _run_name(run),
         "experiment_id": str(run.sweep_id), "user_id": str((run.tags or {}).get(USER_TAG, "")),
         "status": TO_MLFLOW_STATUS.get(run.status, "RUNNING"),
-        "start_time": _ms(run.started_at or run.created_at),
+        "start_time": ms(run.started_at or run.created_at),
         "artifact_uri": f"mlflow-artifacts:/{run.sweep_id}/{run.id}/artifacts", "lifecycle_stage": "active"}
     if run.finished_at is not None:
-        info["end_time"] = _ms(run.finished_at)
+        info["end_time"] = ms(run.finished_at)
     return info
 
 
@@ -357,11 +232,11 @@ def search_runs(engine: Engine, experiment_ids: Sequence[str], filter_text: str 
     clauses = parse_filter(filter_text, RUN_ATTRIBUTES)
     order = parse_order(order_by, RUN_ATTRIBUTES)
     if view == "DELETED_ONLY":  # nothing is deleted here
-        return _page([], max_results, page_token)
+        return page([], max_results, page_token)
     with read_session(engine) as s:
         sweep_ids = set()
         for eid in experiment_ids:
-            sweep = _sweep_for(s, eid)
+            sweep = sweep_for(s, eid)
             if sweep is None and eid != DEFAULT_EXPERIMENT_ID:
                 raise ExperimentNotFound(eid)
             if sweep is not None:
@@ -380,7 +255,7 @@ def search_runs(engine: Engine, experiment_ids: Sequence[str], filter_text: str 
         if matches(row, clauses):
             rows.append(row)
     rows = sort_rows(rows, order or parse_order(["attributes.start_time DESC"], RUN_ATTRIBUTES))
-    return _page([r.attributes["json"] for r in rows], max_results, page_token)
+    return page([r.attributes["json"] for r in rows], max_results, page_token)
 
 
 def metric_history(engine: Engine, run_id: str, key: str) -> list[dict[str, Any]]:
@@ -391,7 +266,7 @@ def metric_history(engine: Engine, run_id: str, key: str) -> list[dict[str, Any]
         rows = s.execute(select(Metric.epoch, Metric.value, Metric.created_at)
                          .where(Metric.run_id == rid, Metric.key == keras_key(key))
                          .order_by(Metric.epoch).limit(MAX_HISTORY)).all()
-    return [{"key": keras_key(key), "value": metric_json(r.value), "timestamp": _ms(r.created_at), "step": r.epoch}
+    return [{"key": keras_key(key), "value": metric_json(r.value), "timestamp": ms(r.created_at), "step": r.epoch}
             for r in rows]
 
 
@@ -414,7 +289,7 @@ def create_run(engine: Engine, experiment_id: str | None, user_id: str | None, r
             sweep: Sweep | None = external._find_or_create_sweep(
                 s, external.ExternalRunRequest(sweep=DEFAULT_EXPERIMENT_NAME, config={}, seed=0))
         else:
-            sweep = _sweep_for(s, eid)
+            sweep = sweep_for(s, eid)
         if sweep is None:
             raise ExperimentNotFound(eid)
         if sweep.kind != SweepKind.EXTERNAL.value:

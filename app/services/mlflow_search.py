@@ -25,6 +25,8 @@ from app.errors import InvalidSpec
 
 MAX_FILTER_CHARS = 2000
 MAX_CLAUSES = 50
+MAX_PAGE = 1000  # runs or experiments per answer; the client asks for the next page
+MAX_RESULTS = 50_000  # MLflow's own bound on max_results
 KINDS = {"metrics": "metrics", "metric": "metrics", "params": "params", "param": "params", "parameter": "params",
          "parameters": "params", "tags": "tags", "tag": "tags", "attributes": "attributes", "attribute": "attributes",
          "attr": "attributes", "run": "attributes", "experiments": "attributes", "experiment": "attributes"}
@@ -202,3 +204,21 @@ def sort_rows(rows: list[Row], order: Sequence[OrderItem]) -> list[Row]:
         present.sort(key=lambda r, i=item: _sort_value(r.get(i.kind, i.key))[1], reverse=item.descending)  # type: ignore[misc]
         out = present + missing
     return out
+
+
+def page(items: list[dict[str, Any]], max_results: int, page_token: str | None
+          ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ITEMS (at most MAX_RESULTS asked, MAX_PAGE given) and the token of the next."""
+    if not 1 <= max_results <= MAX_RESULTS:
+        raise InvalidSpec(f"max_results: between 1 and {MAX_RESULTS}",
+                          fields=[{"loc": "max_results", "msg": f"between 1 and {MAX_RESULTS}"}])
+    start = 0
+    if page_token:
+        if not page_token.isdigit() or len(page_token) > 9:
+            raise InvalidSpec("page_token: not a token this server gave",
+                              fields=[{"loc": "page_token", "msg": "not a token this server gave"}])
+        start = int(page_token)
+    size = min(max_results, MAX_PAGE)
+    chunk = items[start:start + size]
+    more = start + size < len(items)
+    return chunk, str(start + size) if more else None

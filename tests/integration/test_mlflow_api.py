@@ -20,7 +20,7 @@ from app.db import read_session
 from app.main import create_app
 from app.models import Config, Run
 from app.services import external as external_service
-from app.services import mlflow_runs
+from app.services import mlflow_experiments, mlflow_runs
 from tests.conftest import make_settings
 from tests.factories import get_run, make_sweep, metric_rows, runs_of
 from tests.faults import database_away
@@ -441,7 +441,7 @@ def test_a_database_away_is_temporarily_unavailable(database_url: str, data_dir:
 
 def test_replicates_logging_params_at_once_share_one_config(settings: Settings, engine: Engine) -> None:
     """Runs moving at the same moment (external runs' lock) end in one config, none left empty."""
-    eid = mlflow_runs.create_experiment(engine, "race", {})
+    eid = mlflow_experiments.create_experiment(engine, "race", {})
     ids = [mlflow_runs.create_run(engine, eid, None, None, {}, 100)["info"]["run_id"] for _ in range(6)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(ids))
