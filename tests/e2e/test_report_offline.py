@@ -166,3 +166,14 @@ def test_hostile_labels_open_no_dialog_and_read_as_typed(live_server: LiveServer
     assert page.locator(".js-plotly-plot").count() == page.locator(".chart").count() > 0
 
 
+
+
+def test_a_render_past_its_timeout_is_a_504_and_frees_the_next(tmp_path: Path) -> None:
+    from app.errors import SweeplabError
+    from app.services import report_pdf
+
+    with pytest.raises(SweeplabError) as caught:
+        report_pdf.html_to_pdf(lambda: "<!doctype html><body data-ready=true>x</body>", CHROMIUM, timeout=0.001)
+    assert isinstance(caught.value, report_pdf.ReportTimeout) and caught.value.status_code == 504
+    assert report_pdf._rendering.acquire(blocking=False)  # the failed render let go of the lock
+    report_pdf._rendering.release()

@@ -368,13 +368,15 @@ def test_table_tex_names_the_config_when_nothing_varies(api: TestClient) -> None
 
 # ---- not found, not available, busy ------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/api/sweeps/999999/report.html", "/api/sweeps/999999/report.pdf",
-                                  "/api/sweeps/999999/table.tex", "/api/studies/no such study/report.html",
-                                  "/api/studies/no such study/report.pdf"])
-def test_unknown_sweeps_and_studies_are_404(api: TestClient, path: str) -> None:
-    answer = api.get(path)
-    assert answer.status_code == 404
-    assert answer.json()["error"]["code"] == "not_found"
+def test_unknown_sweeps_and_studies_are_404(api: TestClient) -> None:
+    log_run(api, "known", {"width": 8}, 0, 0.8, study="known study")
+    for path in ("/api/sweeps/999999/report.html", "/api/sweeps/999999/report.pdf", "/api/sweeps/999999/table.tex",
+                 "/api/studies/no such study/report.html", "/api/studies/no such study/report.pdf",
+                 "/api/studies/known%20study%2Fx/report.html", "/api/studies/%00/report.html"):
+        answer = api.get(path)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "not_found"
+    assert api.get("/api/studies/known%20study/report.html").status_code == 200
 
 
 def test_pdf_without_chromium_is_501_naming_it(settings: Settings, engine: Engine, data_dir: Path,
