@@ -177,3 +177,21 @@ def test_tpe_startup_is_optunas_default_at_most_half_the_configs() -> None:
         return spec(method="tpe", max_configs=n, search=LR)
 
     assert [startup_trials(tpe(n)) for n in (1, 2, 6, 12, 20, 100)] == [1, 1, 3, 6, 10, 10]
+
+
+def test_the_adaptive_study_preset_asks_the_studys_questions_of_the_same_sweeps() -> None:
+    from app.services.presets import preset_documents
+
+    fixed = [parse_spec(d) for d in preset_documents("mnist-study")]
+    adaptive = [parse_spec(d) for d in preset_documents("mnist-study-adaptive")]
+    assert [s.name for s in adaptive] == [s.name for s in fixed]
+    assert {s.study for s in adaptive} == {"mnist-study-adaptive"}
+    asked = [q.model_dump() for s in adaptive for q in s.questions or []]
+    assert asked == [q.model_dump() for s in fixed for q in s.questions or []] and len(asked) == 5
+    for a, f in zip(adaptive, fixed, strict=True):
+        assert [c.train for c in a.expand()] == [c.train for c in f.expand()]  # the same configs
+        if len(f.combinations()) > 1:  # rivals: seeds race from 3 to 20, hopeless configs are pruned
+            assert a.replicates == AdaptiveReplicates(min=3, max=20, step=3) and a.race is not None
+            assert a.prune is not None and a.prune.method == "ci" and a.prune.min_epochs == 2
+        else:
+            assert a.replicates == f.replicates and a.race is None and a.prune is None
