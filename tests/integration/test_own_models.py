@@ -303,3 +303,16 @@ def test_the_dataset_page_describes_any_dataset(api: TestClient, own_dirs: tuple
     vectors = api.get("/api/datasets/vectors/images").json()
     assert vectors["kind"] == "vectors" and vectors["images"] == [] and len(vectors["labels"]) == 20
     assert "a vector of 5 features" in api.get("/datasets/vectors").text
+
+
+def test_cifar10_is_a_built_in_that_says_what_to_do_offline(api: TestClient, own_dirs: tuple[Path, Path]) -> None:
+    if datasets.locate("cifar10", own_dirs[0]) is not None or datasets._keras_cache_has("cifar10"):
+        pytest.skip("cifar10 is on this machine")
+    datasets._reachable_checked[:] = [1e18, 0.0]  # offline, as on this machine
+    try:
+        r = api.post("/api/sweeps", json={**BASE, "name": "cifar", "dataset": "cifar10"})
+    finally:
+        datasets._reachable_checked[:] = [-1e9, 0.0]
+    assert r.status_code == 422
+    (field,) = r.json()["error"]["fields"]
+    assert field["loc"] == "dataset" and "cifar10.npz" in field["msg"] and "offline" in field["msg"]

@@ -190,3 +190,38 @@ def test_prepared_data_scales_uint8_only_and_counts_classes() -> None:
                                                 np.array([0]), classes=4))
     assert floats.x_train.tolist() == [[-3.5, 7.0]] and floats.x_train.dtype == np.float32 and floats.classes == 4
     assert ImageData(raw.x_train, raw.y_train, raw.x_test, raw.y_test).limited(1, 1).classes == 3
+
+
+RESUMABLE = '''
+import keras
+def adagrad_cnn(params, input_shape, classes):
+    model = keras.Sequential([keras.Input(input_shape), keras.layers.Conv2D(3, 3, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Flatten(),
+                              keras.layers.Dropout(params["dropout"]), keras.layers.Dense(classes, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adagrad(0.1), loss="sparse_categorical_crossentropy")
+    return model
+'''
+
+
+@pytest.mark.parametrize("kind", ["layers", "builder"])
+def test_a_resumed_model_trains_on_exactly_as_an_uninterrupted_one(kind: str, tmp_path: Any) -> None:
+    """Batch normalization's statistics, dropout's seed state and a builder's own optimizer (Adagrad's
+    accumulators: opt/other/k) are in the checkpoint, so epoch 2 after a resume is epoch 2 without one."""
+    from worker.keras_single import SingleTrainer
+
+    (tmp_path / "resumable.py").write_text(RESUMABLE)
+    model = {"builder": "resumable:adagrad_cnn"} if kind == "builder" else {"layers": [
+        {"conv2d": {"filters": 3}}, {"batch_normalization": {}}, {"dropout": {"rate": 0.3}}, {"dense": {"units": 5}}]}
+    spec = TrainSpec.model_validate({"model": model, "params": {"dropout": 0.3}, "batch_size": 8})
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 255, (40, 6, 6), dtype=np.uint8), rng.integers(0, 3, 40)
+    data = PreparedData.from_images(ImageData(x, y, x[:10], y[:10]))
+    through = SingleTrainer(spec, [5], data, [None], code_dir=tmp_path)
+    through.train_epoch(1, lambda: False)
+    state = through.state(0)
+    assert any(k.startswith("n/") for k in state)
+    assert kind == "layers" or any(k.startswith("opt/other/") for k in state)
+    resumed = SingleTrainer(spec, [5], data, [state], code_dir=tmp_path)
+    assert resumed.train_epoch(2, lambda: False) == through.train_epoch(2, lambda: False)
+    after, again = through.state(0), resumed.state(0)
+    assert after.keys() == again.keys() and all(np.array_equal(after[k], again[k]) for k in after)
