@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -356,6 +358,24 @@ def test_table_tex_has_booktabs_rows_and_escaped_labels(api: TestClient) -> None
         assert row == rf"{width} & {len(xs)} & ${mean_text} \pm {h:.2f}$ & $95.00 \pm 0.00$ \\", row
         assert row.count("&") == 3  # no unescaped & from a label
     assert r"\usepackage{booktabs}" in tex
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (Debian: texlive-latex-recommended)")
+def test_table_tex_compiles_and_prints_labels_as_typed(api: TestClient, tmp_path: Path) -> None:
+    nasty = r"a&b%c$d#e_f{g}h~i^j\k <x>|[y] \end{document}"
+    for width, values in ((8, (0.8, 0.82)), (16, (0.9, 0.91))):
+        for seed, value in enumerate(values):
+            log_run(api, f"tex {nasty}", {"note": nasty, "width": [width, 64]}, seed, value)
+    sweep_id = api.get("/api/sweeps").json()[0]["id"]
+    (tmp_path / "table.tex").write_text(api.get(f"/api/sweeps/{sweep_id}/table.tex").text)
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+                                      "\\begin{document}\\input{table}\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "doc.pdf", "-"], cwd=tmp_path, capture_output=True, text=True).stdout
+        assert "[8, 64]" in text and "[16, 64]" in text and "\\end{document}" in text
 
 
 def test_table_tex_names_the_config_when_nothing_varies(api: TestClient) -> None:
