@@ -197,7 +197,8 @@ import keras
 def adagrad_cnn(params, input_shape, classes):
     model = keras.Sequential([keras.Input(input_shape), keras.layers.Conv2D(3, 3, activation="relu"),
                               keras.layers.BatchNormalization(), keras.layers.Flatten(),
-                              keras.layers.Dropout(params["dropout"]), keras.layers.Dense(classes, activation="softmax")])
+                              keras.layers.Dropout(params["dropout"]),
+                              keras.layers.Dense(classes, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adagrad(0.1), loss="sparse_categorical_crossentropy")
     return model
 '''
