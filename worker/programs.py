@@ -56,6 +56,7 @@ from app.services.queue import (
     load_checkpoint,
     record_epoch,
     record_output,
+    record_provenance,
     release_run,
     requeue_crashed,
     restart_run,
@@ -74,6 +75,7 @@ from worker.channel import (
     refusal,
 )
 from worker.heartbeat import Heartbeat, Lease
+from worker.provenance import program_provenance
 
 log = logging.getLogger("sweeplab.worker")
 T = TypeVar("T")
@@ -306,6 +308,8 @@ class ProgramRunner:
         if self.claim.last_epoch >= 0:
             attempt += f", the run has epochs up to {self.claim.last_epoch}"
         self.output.note(f"program {self.name} ({path}), run {self.claim.run_id}, seed {self.claim.seed}, {attempt}")
+        if not self._record_provenance(path):
+            return None
         try:
             proc = subprocess.Popen(
                 [sys.executable, str(path)], env=self._environment(channel), stdin=subprocess.DEVNULL,
@@ -333,6 +337,23 @@ class ProgramRunner:
                 reader.join(READER_JOIN_SECONDS)
         return proc.returncode
 
+    def _record_provenance(self, path: Path) -> bool:
+        """Record where and how this attempt runs (worker.provenance: the program's file hash among it),
+        fenced; False if the lease is lost. Gathering it never fails the run."""
+        claim = self.claim
+        try:
+            record = program_provenance(self.name, path, claim.seed, claim.train.get("dataset"), self.settings)
+        except Exception:
+            log.exception("run %d: could not gather its provenance; running without it", claim.run_id)
+            return True
+        lost = self._db("record provenance of",
+                        partial(record_provenance, self.engine, [claim], {claim.run_id: record}))
+        if claim.run_id in lost:
+            with self._lock:
+                self._lost = True
+            return False
+        return True
+
     def _environment(self, channel: str) -> dict[str, str]:
         return {**os.environ, RUN_CONFIG_ENV: json.dumps(self.claim.train, sort_keys=True),
                 RUN_SEED_ENV: str(self.claim.seed), RUN_EPOCHS_ENV: str(self.claim.epochs),
@@ -340,7 +361,7 @@ class ProgramRunner:
 
     def _supervise(self, proc: subprocess.Popen[bytes]) -> None:
         """Wait for the process; stop it on cancel, lease loss or shutdown; save its output meanwhile."""
-        saved, next_save = -1, time.monotonic() + self.settings.heartbeat_seconds
+        saved, next_save = -1, time.monotonic()  # the first lines (and the worker's own) at once, then every heartbeat
         while True:
             try:
                 proc.wait(WAIT_SECONDS)

@@ -6,6 +6,7 @@ test trains real Keras with SweeplabCallback(checkpoint=True) and resumes it aft
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,7 +31,8 @@ from worker.main import Worker
 
 # Reports epochs 0..N through the channel with a checkpoint each: loss 1/(epoch + 1 + seed), val_accuracy
 # epoch/N. params: sleep (seconds per epoch), hang_after (on its first attempt, hang after that
-# epoch), exit (fail with that status after 30 lines of stderr), ignore_term, checkpoint (default true).
+# epoch), exit (fail with that status after 30 lines of stderr), ignore_term, checkpoint (default true),
+# chatty (a line of stdout per epoch).
 FAKE = textwrap.dedent('''
     import json, os, signal, sys, time
     from worker.channel import CHANNEL_ENV, ChannelClient, decode_blob, encode_blob
@@ -65,6 +67,8 @@ FAKE = textwrap.dedent('''
         metrics = {"loss": 1 / (epoch + 1 + seed), "val_accuracy": epoch / epochs}
         answer = channel.call("epoch", epoch=epoch, metrics=metrics, seconds=0.01,
                               state=encode_blob(json.dumps({"epoch": epoch}).encode()))
+        if p.get("chatty"):
+            print(f"finished epoch {epoch}", flush=True)
         if answer["stop"]:
             print("told to stop", flush=True)
             break
@@ -140,6 +144,9 @@ def test_a_program_trains_its_epochs_through_the_worker(psettings: Settings, eng
         assert f"seed {run.seed} epochs 3 units 16 lr 0.001" in output and "a line on stderr" in output
         assert "[sweeplab worker] exit status 0" in output
         assert events_of(engine, run.id) == ["claimed", "succeeded"]
+        provenance = run.provenance or {}
+        assert provenance["program"] == "fake" and provenance["trainer"] == "program" and provenance["seed"] == run.seed
+        assert provenance["program_sha256"] == hashlib.sha256(FAKE.encode()).hexdigest()
 
 
 def test_a_program_that_exits_non_zero_fails_with_its_stderr_tail(psettings: Settings, engine: Engine) -> None:
