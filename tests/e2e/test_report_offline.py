@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,12 @@ def test_a_render_past_its_timeout_is_a_504_and_frees_the_next(tmp_path: Path) -
     from app.errors import SweeplabError
     from app.services import report_pdf
 
-    with pytest.raises(SweeplabError) as caught:
-        report_pdf.html_to_pdf(lambda: "<!doctype html><body data-ready=true>x</body>", CHROMIUM, timeout=0.001)
+    def render() -> bytes:
+        return report_pdf.html_to_pdf(lambda: "<!doctype html><body data-ready=true>x</body>", CHROMIUM, timeout=0.001)
+
+    # In a thread of its own, as the server runs it (this thread may hold the module's Playwright).
+    with ThreadPoolExecutor(1) as pool, pytest.raises(SweeplabError) as caught:
+        pool.submit(render).result(timeout=60)
     assert isinstance(caught.value, report_pdf.ReportTimeout) and caught.value.status_code == 504
     assert report_pdf._rendering.acquire(blocking=False)  # the failed render let go of the lock
     report_pdf._rendering.release()
