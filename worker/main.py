@@ -227,7 +227,10 @@ class Worker:
         return packs
 
     def _loop(self, once: bool, max_packs: int | None) -> int:
-        packs, backoff = 0, 1.0
+        """With `once`, the worker exits when a claim finds nothing twice in a row, one poll and one
+        reap apart (the grace poll): a run another worker is releasing, a lease that has just expired
+        or a planner's new configs still get claimed. Its own pack always ends before the next claim."""
+        packs, backoff, graced = 0, 1.0, False
         while not self.shutdown.is_set():
             try:
                 worked = self.step()
@@ -243,9 +246,13 @@ class Worker:
                 backoff = min(backoff * 2, 30.0)
                 continue
             if worked:
-                packs += 1
+                packs, graced = packs + 1, False
                 if max_packs is not None and packs >= max_packs:
                     break
+            elif once and not graced:
+                graced = True
+                self.shutdown.wait(self.settings.poll_seconds)
+                reap_once(self.engine, self.settings)
             elif once:
                 break
             else:
