@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     worker = add("worker", help="claim and train queued runs")
     worker.add_argument("--pack-size", type=int, default=None, help="most runs trained as one model (1: no packing)")
-    worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--once", action="store_true",
+                        help="exit (status 0) when nothing queued is left that this worker can claim, after its "
+                             "current pack and one grace poll (batch jobs: deploy/slurm/)")
     worker.set_defaults(func=cmd_worker)
     mig = add("migrate", help="create or upgrade the database schema")
     mig.set_defaults(func=cmd_migrate)
