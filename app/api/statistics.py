@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep
 from app.metrics import PRIMARY_KEY
-from app.services import importance, verdicts
+from app.services import decisions, importance, verdicts
 from app.services.charts import parse_ids
 from app.spec import StoredText
 
@@ -32,6 +32,14 @@ def read_sweep_verdicts(sweep_id: int, engine: EngineDep, metric: MetricQuery = 
     """The best config by mean final value and every other config against it: difference with its
     95% Welch CI, Welch's p, Holm's adjusted p, a verdict and a sentence; the power block; the method."""
     return verdicts.sweep_verdicts(engine, sweep_id, metric, detect, best_by)
+
+
+@router.get("/sweeps/{sweep_id}/decisions")
+def read_sweep_decisions(sweep_id: int, engine: EngineDep) -> dict[str, Any]:
+    """What an adaptive sweep decided about each config and why: the race's state (racing, settled,
+    best, unsettled) and the prunes, each with its sentence; the race's and the prune's methods
+    (nulls and no configs for a sweep with neither)."""
+    return decisions.sweep_decisions(engine, sweep_id)
 
 
 @router.get("/configs/verdicts")

@@ -425,3 +425,17 @@ def overlay(answer: dict[str, Any], race: Race) -> dict[str, Any]:
                       "alpha": race.plan.alpha}
     answer["method"] = method_text(race.plan, race.metric) + " " + answer.get("method", "")
     return answer
+
+
+def raced_verdicts(engine: Engine, sweep: Sweep, metric: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """ANSWER (app.services.verdicts' for SWEEP) with the race's verdicts when SWEEP races on METRIC
+    (`overlay`, on a copy: ANSWER may be a cached one); unchanged otherwise."""
+    import copy
+
+    spec = spec_of(sweep)
+    if spec is None or spec.race is None or spec.race.metric != metric:
+        return answer
+    race = read_race(engine, sweep.id)
+    if race is None:
+        return answer
+    return overlay(copy.deepcopy(answer), race)

@@ -281,9 +281,15 @@ def _cached(engine: Engine, scope: Scope, metric: str, detect: float | None, bes
 
 def sweep_verdicts(engine: Engine, sweep_id: int, metric: str = PRIMARY_KEY, detect: float | None = None,
                    best_by: str | None = None) -> dict[str, Any]:
-    """The verdicts of a sweep's configs (labels within the sweep); 404 for an unknown sweep."""
-    get_sweep_row(engine, sweep_id)
-    return _cached(engine, Scope(sweep_id), metric, detect, best_by, within_sweep=True)
+    """The verdicts of a sweep's configs (labels within the sweep); 404 for an unknown sweep. A
+    raced sweep's verdicts on its race's metric are the race's (app.services.racing.raced_verdicts)."""
+    sweep = get_sweep_row(engine, sweep_id)
+    answer = _cached(engine, Scope(sweep_id), metric, detect, best_by, within_sweep=True)
+    if isinstance(sweep.spec, dict) and sweep.spec.get("race"):
+        from app.services.racing import raced_verdicts  # imports this module's neighbours: only for a race
+
+        return raced_verdicts(engine, sweep, metric, answer)
+    return answer
 
 
 def config_verdicts(engine: Engine, config_ids: Sequence[int], metric: str = PRIMARY_KEY,
