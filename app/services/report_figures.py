@@ -232,7 +232,9 @@ def parcoords_figure(par: dict[str, Any]) -> Figure | None:
             if d.get(k) is not None:
                 dim[k] = d[k]
         if d.get("ticktext") is not None:
-            dim["ticktext"] = [chart_text(t) for t in d["ticktext"]]
+            # Parcoords draws tick labels as plain SVG text (checked in Chromium), unlike axis titles and
+            # cartesian ticks, which Plotly reads as markup: escaping them would show "&lt;i&gt;" literally.
+            dim["ticktext"] = [str(t) for t in d["ticktext"]]
         dimensions.append(dim)
     info = metrics.describe(str(par.get("metric") or metrics.PRIMARY_KEY))
     dimensions[-1]["tickformat"] = ".1%" if info.format == "percent" else ".4g"  # the metric's own axis
