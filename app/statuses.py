@@ -38,7 +38,7 @@ CATALOGUE: tuple[StatusInfo, ...] = (
     StatusInfo(RunStatus.RUNNING, final=False, bar="#2563eb", text="#1d4ed8", waiting="waiting for the first epoch"),
     StatusInfo(RunStatus.FAILED, final=True, bar="#dc2626", text="#b91c1c", retryable=True),
     StatusInfo(RunStatus.CANCELLED, final=True, bar="#9ca3af", text="#6b7280", retryable=True),
-    StatusInfo(RunStatus.PRUNED, final=True, bar="#f59e0b", text="#b45309"),
+    StatusInfo(RunStatus.PRUNED, final=True, bar="#f59e0b", text="#b45309", retryable=True),  # resumes
     StatusInfo(RunStatus.QUEUED, final=False, bar="#e5e7eb", text="#6b7280", waiting="waiting for a worker"),
 )
 BY_STATUS: dict[str, StatusInfo] = {s.status.value: s for s in CATALOGUE}

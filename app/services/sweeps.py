@@ -215,12 +215,18 @@ def cancel_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
 
 
 def retry_failed(engine: Engine, sweep_id: int) -> SweepPublic:
-    """Queue the sweep's failed and cancelled runs again, from scratch (their old epochs go)."""
+    """Queue the sweep's failed and cancelled runs again, from scratch (their old epochs go), and its
+    pruned runs again from where they stopped (epochs and checkpoints kept: they resume, and their
+    configs are not pruned again, app.services.pruning)."""
     get_sweep_row(engine, sweep_id)
     with write_session(engine) as s:
+        s.execute(update(Run).where(Run.sweep_id == sweep_id, Run.source == RunSource.QUEUE.value,
+                                    Run.status == RunStatus.PRUNED.value)
+                  .values(status=RunStatus.QUEUED.value, attempt=0, error=None, cancel_requested=False,
+                          finished_at=None, worker_id=None, lease_token=None, lease_expires_at=None))
         ids = list(s.scalars(select(Run.id).where(
             Run.sweep_id == sweep_id, Run.source == RunSource.QUEUE.value,
-            Run.status.in_([status.value for status in RETRYABLE]))))
+            Run.status.in_([status.value for status in RETRYABLE if status != RunStatus.PRUNED]))))
         for table in (Metric, Artifact, Checkpoint):
             s.execute(delete(table).where(table.run_id.in_(ids)))
         s.execute(update(Run).where(Run.id.in_(ids))
