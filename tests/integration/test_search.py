@@ -266,8 +266,9 @@ def test_a_planner_killed_mid_plan_leaves_nothing_half_made(engine: Engine, sett
 
 def test_a_cancelled_search_gets_no_more_configs_until_retried(engine: Engine) -> None:
     sweep_id = search(engine, max_configs=6)
-    assert train_pack(engine)
-    cancel_sweep(engine, sweep_id)
+    (held,) = claim_runs(engine, "w", 1, 30.0)
+    cancel_sweep(engine, sweep_id)  # config 0 asked to stop, config 1 cancelled while queued
+    assert finish_run(engine, held, RunStatus.SUCCEEDED)  # its last epoch was in: it ends succeeded
     assert not plan(engine, sweep_id).changed and plan_pending(engine) == []
     retry_failed(engine, sweep_id)  # config 1's run queued again
     assert train_pack(engine) and not train_pack(engine)
@@ -378,3 +379,37 @@ def test_budget_search_progress_and_validate_through_the_api(settings: Settings,
         assert progress["best_position"][-1] == int(np.argmax(means))
         assert api.get("/api/sweeps/999/search-progress").status_code == 404
         assert api.get(f"/api/sweeps/{sweep_id}/search-progress?metric=").status_code == 422
+
+
+def test_a_raced_search_adds_each_seed_once_with_concurrent_planners(engine: Engine) -> None:
+    """A random search whose configs race for seeds (2 to 6, step 2): eight planners at once after
+    every pack add each new config and each new seed once, seeds 0..n-1 per config, never past max."""
+    sweep_id = search(engine, max_configs=5, replicates={"min": 2, "max": 6, "step": 2},
+                      race={"metric": VAL_ACCURACY, "alpha": 0.05})
+    spec = spec_of(engine, sweep_id)
+    rng = np.random.default_rng(0)
+    noise = {seed: float(rng.normal(0, 0.002)) for seed in range(6)}
+    while train_pack(engine, lambda train, seed: score(train) + noise[seed]):
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def planner(barrier: threading.Barrier = barrier, errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                plan(engine, sweep_id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=planner) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for seeds in runs_by_config(engine, sweep_id).values():
+            assert seeds == list(range(len(seeds))) and len(seeds) in (2, 4, 6)
+    configs = configs_of(engine, sweep_id)
+    assert [c.params for c in configs] == [random_params(spec, k) for k in range(5)]
+    seeds = runs_by_config(engine, sweep_id)
+    assert sum(map(len, seeds.values())) < 5 * 6  # some config settled before max
+    assert not plan(engine, sweep_id).changed
