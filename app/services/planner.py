@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, exists, func, insert, or_, select
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import db_now, read_session, write_session
@@ -89,8 +89,7 @@ def plan(engine: Engine, sweep_id: int, *, lease_seconds: float = 60.0) -> PlanR
         spec = stored_spec(peek) if peek is not None else None
     if spec is None or (spec.race is None and not _search_has_room(engine, sweep_id, spec, lease_seconds)):
         return PlanResult(sweep_id)
-    if spec.method == "tpe":
-        import optuna  # noqa: F401  (its import takes a second: before the lock, not under it)
+    prepare(spec)
     with write_session(engine) as s:
         return plan_locked(s, sweep_id, spec, lease_seconds=lease_seconds)
 
@@ -113,6 +112,13 @@ def _room(session: Session, sweep_id: int, lease_seconds: float) -> int:
     return live_worker_count(session, lease_seconds) + SEARCH_HEADROOM - in_flight
 
 
+def prepare(spec: SweepSpec) -> None:
+    """Imports a plan of SPEC needs, done before its transaction: Optuna's takes a good part of a second,
+    which the write lock should not wait for."""
+    if spec.method == "tpe":
+        import optuna  # noqa: F401
+
+
 def live_worker_count(session: Session, lease_seconds: float) -> int:
     return int(session.scalar(select(func.count()).select_from(Worker)
                               .where(Worker.heartbeat_at >= db_now() - DEAD_AFTER_LEASES * lease_seconds)) or 0)
@@ -125,8 +131,8 @@ def plan_locked(session: Session, sweep_id: int, spec: SweepSpec, *, lease_secon
     sweep = sweep_lock(session, sweep_id)
     if sweep is None:
         return PlanResult(sweep_id)
-    stopped = session.scalar(select(exists().where(
-        Run.sweep_id == sweep_id, or_(Run.status == CANCELLED, Run.cancel_requested.is_(True)))))
+    stopped = session.scalar(select(exists().where(Run.sweep_id == sweep_id, or_(
+        Run.status == CANCELLED, and_(Run.status.in_([QUEUED, RUNNING]), Run.cancel_requested.is_(True))))))
     if stopped:
         return PlanResult(sweep_id)
     configs = list(session.scalars(select(Config).where(Config.sweep_id == sweep_id).order_by(Config.position)))
@@ -134,7 +140,8 @@ def plan_locked(session: Session, sweep_id: int, spec: SweepSpec, *, lease_secon
         max_attempts = session.scalar(select(func.max(Run.max_attempts)).where(Run.sweep_id == sweep_id)) \
             or DEFAULT_MAX_ATTEMPTS
     new_runs = 0
-    if spec.race is not None and configs:
+    ended = session.scalar(select(exists().where(Run.sweep_id == sweep_id, Run.status.not_in([QUEUED, RUNNING]))))
+    if spec.race is not None and configs and ended:  # a race decides on ended runs only
         new_runs += _add_seeds(session, sweep, spec, configs, max_attempts)
     new_configs: list[int] = []
     if spec.searching and len(configs) < (spec.max_configs or 0):

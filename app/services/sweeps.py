@@ -33,6 +33,10 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
     # A search's stored spec leaves out a learning rate it did not choose (as filled_in does), so a
     # searched optimizer.name gets its own default when the planner reads the spec back.
     stored = spec.filled_in() if spec.searching else spec.model_dump(mode="json", exclude_none=True)
+    if spec.adaptive:
+        from app.services.planner import prepare
+
+        prepare(spec)
     with write_session(engine) as s:
         sweep = Sweep(kind=SweepKind.QUEUED.value, name=spec.name, study=spec.study, dataset=spec.dataset,
                       spec=stored, run_count=n)
