@@ -25,6 +25,7 @@ from app.errors import InvalidSpec
 
 MAX_FILTER_CHARS = 2000
 MAX_CLAUSES = 50
+MAX_LIKE_CHARS = 200
 MAX_PAGE = 1000  # runs or experiments per answer; the client asks for the next page
 MAX_RESULTS = 50_000  # MLflow's own bound on max_results
 KINDS = {"metrics": "metrics", "metric": "metrics", "params": "params", "param": "params", "parameter": "params",
@@ -38,10 +39,12 @@ TEXT_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"})
 
 _IDENT = r"""[A-Za-z_]+(?:\.(?:`[^`]+`|"[^"]+"|[\w./:-]+))?"""
 _STRING = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\""""
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+# Each part matches one way only (no nested quantifiers over the same text), so a long filter that
+# does not parse fails in linear time, not exponential (MAX_FILTER_CHARS of "'x'  'x'  ...").
 _CLAUSE = re.compile(
     rf"""\s*(?P<ident>{_IDENT})\s*(?P<op>!=|>=|<=|=|<|>|NOT\s+IN\b|IN\b|ILIKE\b|LIKE\b)\s*"""
-    rf"""(?P<value>{_STRING}|\((?:\s*(?:{_STRING})\s*,?)*\)|{_NUMBER})\s*(?P<end>AND\b|$)""",
+    rf"""(?P<value>{_STRING}|\(\s*(?:(?:{_STRING})(?:\s*,\s*(?:{_STRING}))*)?\s*\)|{_NUMBER})\s*(?P<end>AND\b|$)""",
     re.IGNORECASE)
 _ORDER = re.compile(rf"""\s*(?P<ident>{_IDENT})\s*(?P<dir>ASC|DESC)?\s*$""", re.IGNORECASE)
 _LIST_ITEM = re.compile(_STRING)
@@ -105,6 +108,8 @@ def _value(text: str, numeric: bool, op: str, where: str) -> Any:
         return tuple(_unquote(m.group(0)) for m in _LIST_ITEM.finditer(text))
     if op in ("IN", "NOT IN"):
         raise InvalidSpec(f"filter: {where}: IN takes a list of quoted values, ('a', 'b')")
+    if op in ("LIKE", "ILIKE") and len(text) > MAX_LIKE_CHARS:
+        raise InvalidSpec(f"filter: {where}: a LIKE pattern of at most {MAX_LIKE_CHARS} characters")
     if numeric:
         try:
             return float(_unquote(text))
@@ -157,8 +162,23 @@ def parse_order(items: Sequence[str], attributes: frozenset[str] | None = None) 
 
 
 def _like(pattern: str, value: str, ignore_case: bool) -> bool:
-    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL) is not None
+    """SQL's LIKE (% any run of characters, _ one), by the two-pointer wildcard match: at most
+    len(pattern) x len(value) steps, where a regular expression of many % can take exponential time."""
+    if ignore_case:
+        pattern, value = pattern.lower(), value.lower()
+    p = v = 0
+    star, mark = -1, 0
+    while v < len(value):
+        if p < len(pattern) and pattern[p] != "%" and (pattern[p] == "_" or pattern[p] == value[v]):
+            p, v = p + 1, v + 1
+        elif p < len(pattern) and pattern[p] == "%":
+            star, mark, p = p, v, p + 1
+        elif star >= 0:
+            mark += 1
+            p, v = star + 1, mark
+        else:
+            return False
+    return pattern[p:].strip("%") == ""
 
 
 def _holds(clause: Clause, have: Any) -> bool:

@@ -107,8 +107,9 @@ def run_client(server: LiveServer, tmp_path: Path) -> dict[str, Any]:
     script = tmp_path / "client.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEPLAB_", "MLFLOW_"))}
+    # The client retries 429 and 5xx (a busy database answers 503): a few quick tries, not minutes of them.
     env.update(MLFLOW_TRACKING_URI=server.url, MLFLOW_TRACKING_TOKEN=TOKEN, TF_CPP_MIN_LOG_LEVEL="2",
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", CUDA_VISIBLE_DEVICES="")
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="3", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
