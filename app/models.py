@@ -104,6 +104,8 @@ class Config(Base):
     label: Mapped[str] = mapped_column(String(500))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     train: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Which queued configs' runs may train in one pack (app/packing.py; 0005); NULL for external ones.
+    pack_key: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Run(Base):

@@ -20,8 +20,10 @@ from worker.trainer import EpochMetrics, PreparedData, State
 
 
 class FakeTrainer:
-    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData | None, states: list[State | None]):
+    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData | None, states: list[State | None],
+                 learning_rates: list[float] | None = None):
         self.seeds = seeds
+        self.learning_rates = learning_rates  # kept for tests: its metrics do not depend on them
         # Settings read when a trainer is made, not the worker's: a test may change the sleep between packs.
         knobs = Settings()
         self.sleep, self.poison = knobs.fake_epoch_seconds, knobs.fake_poison_seed

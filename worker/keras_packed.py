@@ -1,12 +1,15 @@
 """Replicates of one config packed into one Keras model, trained together in one XLA loop.
 
-Replicates differ only in their seed, so their Dense kernels are stacked into (R, in, out)
-variables and every step runs one batched matmul for all of them. Each replicate still sees
-exactly what it would alone: its own initial weights (copied from a standalone model), its own
-shuffle order, its own loss with Keras' reduction (the pack minimises the sum of the R losses, so
-gradients stay separate) and its own optimizer slots (SGD, Adam and RMSprop update each parameter
-elementwise, so updating the stacked variables is the same mathematics; the step count is shared,
-as the replicates of a pack move in lock-step).
+Replicates share their architecture, loss, optimizer and batch size (app/packing.py) and differ in
+their seed and learning rate, so their Dense kernels are stacked into (R, in, out) variables and
+every step runs one batched matmul for all of them. Each replicate still sees exactly what it
+would alone: its own initial weights (copied from a standalone model), its own shuffle order, its
+own loss with Keras' reduction (the pack minimises the sum of the R losses, so gradients stay
+separate), its own learning rate (an (R,) tensor broadcast over each stacked variable: it scales
+the replicate's own update) and its own optimizer slots (SGD, Adam and RMSprop update each
+parameter elementwise, so updating the stacked variables is the same mathematics; the step count
+is shared, as the replicates of a pack move in lock-step). A replicate whose epochs are done is
+dropped (`drop`) as a cancelled one is; the others go on.
 
 Where the time goes (2 cores, width 32, 10 replicates, Adam; one core runs one pack's loop): per
 step the forward matmuls take ~40%, the gradient matmuls ~47%, the Adam update ~12%, gathering
@@ -30,7 +33,7 @@ import tensorflow as tf
 from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
 from worker.keras_models import build_optimizer, compiled_model, fresh_state, set_state
-from worker.trainer import EpochMetrics, PreparedData, State, epoch_order
+from worker.trainer import EpochMetrics, PreparedData, State, epoch_order, replicate_specs
 
 # Each pack runs its XLA loop on one core, packs in parallel threads: worker.main.configure_tensorflow
 # turns XLA's Eigen threading off before TensorFlow starts (why: its docstring).
@@ -137,9 +140,11 @@ class _Program:
         return loss, correct
 
     def update(self, w: tf.Tensor, g: tf.Tensor, slots: list[tf.Tensor], step: tf.Tensor,
-               lr: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """One optimizer step of one variable; `step` counts the steps before this one."""
+               rates: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """One optimizer step of one stacked variable (R, ...); `step` counts the steps before this
+        one, RATES (R,) holds each replicate's learning rate."""
         h = self.hyper
+        lr = tf.reshape(rates, [-1] + [1] * (len(w.shape) - 1))  # each replicate's rate over its slice
         if self.opt_name == "sgd":
             return w - g * lr, []
         if self.opt_name == "rmsprop":
@@ -153,12 +158,13 @@ class _Program:
 
     @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
     def train_steps(self, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
-                    lr: tf.Tensor, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
+                    rates: tf.Tensor, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
                     n_steps: tf.Tensor) -> tuple[Any, ...]:
         """Run steps 0..n_steps-1 of idx (K, R, B); sizes[k] is step k's real batch size (an epoch's
         last batch is partial: its padding is masked out). slots[j] holds variable j's optimizer
-        slots. Returns the new weights, slots and step, and per replicate the sum of batch loss x
-        batch size and the count of correct predictions, as Keras' metric trackers add them up."""
+        slots, rates (R,) each replicate's learning rate. Returns the new weights, slots and step,
+        and per replicate the sum of batch loss x batch size and the count of correct predictions,
+        as Keras' metric trackers add them up."""
         r, batch = idx.shape[1], idx.shape[2]
 
         def body(k: tf.Tensor, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
@@ -172,7 +178,7 @@ class _Program:
                 batch_loss = tf.reduce_sum(loss * mask, axis=1) / size  # Keras' sum_over_batch_size
                 total = tf.reduce_sum(batch_loss)  # replicates' losses summed: gradients stay apart
             grads = tape.gradient(total, weights)
-            new = [self.update(w, g, s, step, lr) for w, g, s in zip(weights, grads, slots, strict=True)]
+            new = [self.update(w, g, s, step, rates) for w, g, s in zip(weights, grads, slots, strict=True)]
             return (k + 1, [w for w, _ in new], [s for _, s in new], step + 1,
                     loss_sum + batch_loss * size, correct_sum + tf.reduce_sum(correct * mask, axis=1))
 
@@ -203,10 +209,10 @@ def program_for(spec: TrainSpec) -> _Program:
 
 
 class _Pack:
-    """Some replicates' weights as one PackedMLP, their optimizer state and their shuffle seeds."""
+    """Some replicates' weights as one PackedMLP, their optimizer state, shuffle seeds and learning rates."""
 
     def __init__(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State],
-                 inputs: int = 784, classes: int = 10):
+                 inputs: int = 784, classes: int = 10, rates: list[float] | None = None):
         self.spec, self.r = spec, len(states)
         self.members = members  # the replicate at each position (dropped ones stay until a rebuild)
         self.seeds = seeds
@@ -225,7 +231,10 @@ class _Pack:
                                              for s in states]))
                        for name in self.program.slot_names()]
                       for j, var in enumerate(self.variables)]
-        self.lr = tf.constant(spec.optimizer.learning_rate, tf.float32)
+        rates = rates if rates is not None else [float(spec.optimizer.learning_rate or 0)] * self.r
+        if len(rates) != self.r:
+            raise ValueError(f"{len(rates)} learning rates for a pack of {self.r}")
+        self.rates = tf.constant(np.asarray(rates, np.float32))  # (r,): as Keras casts its rate to float32
 
     def weights(self) -> list[tf.Tensor]:
         return [v.value for v in self.variables]
@@ -247,7 +256,7 @@ class _Pack:
             idx = np.pad(idx, ((0, k_max - n_steps), (0, 0), (0, 0)))
             sizes = np.pad(sizes, (0, k_max - n_steps), constant_values=1)
         weights, self.slots, self.step, loss, correct = self.program.train_steps(
-            self.weights(), self.slots, self.step, self.lr, x, y, tf.constant(idx), tf.constant(sizes),
+            self.weights(), self.slots, self.step, self.rates, x, y, tf.constant(idx), tf.constant(sizes),
             tf.constant(n_steps))
         for var, w in zip(self.variables, weights, strict=True):
             var.assign(w)
@@ -280,11 +289,16 @@ class _Pack:
 
 
 class PackedTrainer:
-    """Replicates of one config as packed Keras models (see the module docstring): one pack per
-    CPU core, trained in parallel threads (XLA runs each pack's loop on one core)."""
+    """Replicates of one config, or of configs that differ only in learning rate and epochs, as
+    packed Keras models (see the module docstring): one pack per CPU core, trained in parallel
+    threads (XLA runs each pack's loop on one core). LEARNING_RATES: one per replicate, or None
+    for the spec's."""
 
-    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]):
+    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
+                 learning_rates: list[float] | None = None):
         self.spec, self.seeds = spec, list(seeds)
+        self.specs = replicate_specs(spec, len(self.seeds), learning_rates)  # each replicate's own settings
+        self.rates = [float(s.optimizer.learning_rate or 0) for s in self.specs]
         self.input_shape, self.classes = data.input_shape, data.classes
         full = [s if s is not None else fresh_state(spec, seed, self.input_shape, self.classes)
                 for seed, s in zip(seeds, states, strict=True)]
@@ -300,7 +314,7 @@ class PackedTrainer:
 
     def _pack(self, members: list[int], states: list[State]) -> _Pack:
         return _Pack(self.spec, members, [self.seeds[i] for i in members], states,
-                     math.prod(self.input_shape), self.classes)
+                     math.prod(self.input_shape), self.classes, [self.rates[i] for i in members])
 
     def _locate(self, replicate: int) -> tuple[_Pack, int]:
         for pack in self.packs:
@@ -379,6 +393,6 @@ class PackedTrainer:
         return np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
 
     def save_keras(self, replicate: int, path: str) -> None:
-        model = compiled_model(self.spec, self.seeds[replicate], self.input_shape, self.classes)
+        model = compiled_model(self.specs[replicate], self.seeds[replicate], self.input_shape, self.classes)
         set_state(model, self.state(replicate))
         model.save(path)

@@ -15,7 +15,7 @@ from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
 from worker.builders import build_user_model
 from worker.keras_models import compile_as_spec, compiled_model, get_state, model_input_shape, set_state
-from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order
+from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order, replicate_specs
 
 STOP_CHECK_EVERY = 20  # batches between looks at the stop flag
 EVAL_BATCH = 1024
@@ -47,21 +47,23 @@ def _compiled_builder_model(spec: TrainSpec, seed: int, data: PreparedData, shap
 
 
 class SingleTrainer:
-    """Replicates as separate Keras models, each trained with its own model.fit."""
+    """Replicates as separate Keras models, each trained with its own model.fit (each compiled with
+    its own learning rate when a pack mixes them; a builder's own optimizer keeps its own)."""
 
     def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
-                 code_dir: Path | None = None):
+                 learning_rates: list[float] | None = None, code_dir: Path | None = None):
         self.spec, self.seeds, self.data = spec, seeds, data
         self.builder = spec.model.builder is not None
         self.shape = model_input_shape(spec, data.input_shape)
         self.x_train = self._shaped(data.x_train)
         self.x_test = self._shaped(data.x_test)
         self.models: dict[int, keras.Model] = {}
-        for i, (seed, state) in enumerate(zip(seeds, states, strict=True)):
+        specs = replicate_specs(spec, len(seeds), learning_rates)
+        for i, (seed, state, own) in enumerate(zip(seeds, states, specs, strict=True)):
             if self.builder:
-                model = _compiled_builder_model(spec, seed, data, self.shape, code_dir)
+                model = _compiled_builder_model(own, seed, data, self.shape, code_dir)
             else:
-                model = compiled_model(spec, seed, data.input_shape, data.classes)
+                model = compiled_model(own, seed, data.input_shape, data.classes)
             if state is not None:  # else the model keeps the initial weights its seed gave it
                 set_state(model, state, any_optimizer=self.builder)
             self.models[i] = model

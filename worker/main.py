@@ -76,11 +76,12 @@ def trainer_factory(settings: Settings) -> TrainerFactory:
 
         on_path(settings.code_dir)
 
-    def choose(spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None]) -> Trainer:
+    def choose(spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
+               learning_rates: list[float] | None = None) -> Trainer:
         dense = dense_equivalent(spec)
         if packed is not None and dense is not None:
-            return packed(dense, seeds, data, states)
-        return SingleTrainer(spec, seeds, data, states, code_dir=settings.code_dir)
+            return packed(dense, seeds, data, states, learning_rates)
+        return SingleTrainer(spec, seeds, data, states, learning_rates, code_dir=settings.code_dir)
 
     return choose
 
@@ -174,15 +175,18 @@ class Worker:
             claims = self.claim()
         if not claims:
             return False
-        log.info("claimed runs %s (config %d, from epoch %d, attempt %d)", [c.run_id for c in claims],
-                 claims[0].config_id, claims[0].last_epoch + 1, max(c.attempt for c in claims))
+        configs = sorted({c.config_id for c in claims})  # several when a pack mixes rates or epochs
+        log.info("claimed runs %s (%s, from epoch %d, attempt %d)", [c.run_id for c in claims],
+                 f"config {configs[0]}" if len(configs) == 1 else f"configs {configs}", claims[0].last_epoch + 1,
+                 max(c.attempt for c in claims))
         if claims[0].train.get("program"):  # claimed alone: a process of its own
             from worker.programs import ProgramRunner
 
             ProgramRunner(self.engine, self.settings, claims[0], self.catalog, self.shutdown, claimed_at).run()
         else:
             PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
-        self._plan(claims[0].sweep_id)
+        for sweep_id in sorted({c.sweep_id for c in claims}):  # a pack may hold runs of several sweeps
+            self._plan(sweep_id)
         return True
 
     def _plan(self, sweep_id: int) -> None:

@@ -1,4 +1,6 @@
-"""Train one claimed pack (runs of one config at the same epoch) and record it epoch by epoch.
+"""Train one claimed pack (runs at the same epoch whose configs differ at most in learning rate and
+epochs: app/packing.py) and record it epoch by epoch. A run whose own epochs are done ends at once
+and its replicate leaves the pack; the others go on.
 
 Every write is fenced by the pack's lease token; a run whose write is refused (lease lost) is
 dropped at once and nothing more is written for it. A heartbeat thread renews the leases while
@@ -31,6 +33,7 @@ from app.config import Settings
 from app.datasets import DatasetUnavailable, load
 from app.metrics import EPOCH_SECONDS, LOSS
 from app.models import RunStatus
+from app.packing import pack_key
 from app.retry import DatabaseUnavailable, retry_transient
 from app.services.queue import (
     Claim,
@@ -178,9 +181,18 @@ class PackRunner:
         if trainer is not None and run_id in self.index:
             trainer.drop(self.index[run_id])
 
+    def _learning_rates(self, spec: TrainSpec) -> list[float] | None:
+        """Each replicate's learning rate when the pack mixes rates, else None (the spec's for all)."""
+        specs = [TrainSpec.model_validate(c.train) for c in self.claims.values()]
+        if len({pack_key(s) for s in specs}) > 1:  # the claim never packs them: a bug, not the user's error
+            raise RuntimeError(f"runs {sorted(self.claims)} of different pack keys were claimed as one pack")
+        rates = [float(s.optimizer.learning_rate or 0) for s in specs]
+        return rates if any(r != float(spec.optimizer.learning_rate or 0) for r in rates) else None
+
     def _train(self) -> None:
         first = next(iter(self.claims.values()))
-        spec = TrainSpec.model_validate(first.train)
+        spec = TrainSpec.model_validate(first.train)  # the settings the pack shares; rates and epochs per run
+        rates = self._learning_rates(spec)
         data = self._data(spec)
         states: list[State | None] = []
         for run_id in self.claims:
@@ -189,7 +201,10 @@ class PackRunner:
         start = first.last_epoch + 1
         if start > 0 and any(s is None for s in states):
             raise RuntimeError(f"no checkpoint to resume epoch {start} from")
-        trainer = self.factory(spec, [c.seed for c in self.claims.values()], data, states)
+        seeds = [c.seed for c in self.claims.values()]
+        # Rates only when mixed: a factory of one rate (a test's) serves every pack of one config.
+        trainer = (self.factory(spec, seeds, data, states) if rates is None
+                   else self.factory(spec, seeds, data, states, learning_rates=rates))
         self._record_provenance(trainer, spec)
         if start == 0:
             start = 1
@@ -198,7 +213,8 @@ class PackRunner:
                 i = self.index[run_id]
                 extra = {"outputs_before": outputs(trainer, i, data)}
                 self._record(trainer, run_id, 0, metrics[i], 0.0, extra)
-        for epoch in range(start, spec.epochs + 1):
+        self._settle_done(trainer, data)
+        for epoch in range(start, max(c.epochs for c in self.claims.values()) + 1):
             if not self.active:
                 return
             if self.shutdown.is_set() or self.beat.should_stop():
@@ -210,7 +226,8 @@ class PackRunner:
                 break
             for run_id in sorted(self.active):
                 self._record(trainer, run_id, epoch, results[self.index[run_id]], seconds)
-        self._settle(trainer, data, spec)
+            self._settle_done(trainer, data)
+        self._settle(trainer, data)
 
     def _record_provenance(self, trainer: Trainer, spec: TrainSpec) -> None:
         """Record where and how this attempt trains (worker.provenance), fenced like every write; a
@@ -258,22 +275,31 @@ class PackRunner:
                                                   f"{epoch} (a lower learning rate usually helps)")
             self._drop(trainer, run_id)
 
-    def _settle(self, trainer: Trainer, data: PreparedData, spec: TrainSpec) -> None:
+    def _settle(self, trainer: Trainer, data: PreparedData) -> None:
         """After the loop: finish what completed, cancel what was asked, release the rest."""
         for run_id in sorted(self.active):
-            claim = self.claims[run_id]
-            if run_id in self.beat.lost:
-                log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)
-                continue
-            if run_id in self.beat.cancelled:
-                self._finish(claim, RunStatus.CANCELLED)
-            elif not self._completed(run_id, spec):
-                self._db(f"release run {run_id}", partial(release_run, self.engine, claim))
-            else:
-                self._succeed(trainer, run_id, data)
+            self._settle_run(trainer, run_id, data)
 
-    def _completed(self, run_id: int, spec: TrainSpec) -> bool:
-        return self.done_epoch[run_id] >= spec.epochs
+    def _settle_done(self, trainer: Trainer, data: PreparedData) -> None:
+        """End the runs whose own epochs are done now (a pack may mix epoch counts) and drop their
+        replicates: the rest of the pack trains on without them."""
+        for run_id in [i for i in sorted(self.active) if self._completed(i)]:
+            self._settle_run(trainer, run_id, data)
+            self._drop(trainer, run_id)
+
+    def _settle_run(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
+        claim = self.claims[run_id]
+        if run_id in self.beat.lost:
+            log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)
+        elif run_id in self.beat.cancelled:
+            self._finish(claim, RunStatus.CANCELLED)
+        elif not self._completed(run_id):
+            self._db(f"release run {run_id}", partial(release_run, self.engine, claim))
+        else:
+            self._succeed(trainer, run_id, data)
+
+    def _completed(self, run_id: int) -> bool:
+        return self.done_epoch[run_id] >= self.claims[run_id].epochs
 
     def _succeed(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
         """Store the final artifacts and end the run succeeded. The model file is written only while

@@ -116,7 +116,8 @@ class Trainer(Protocol):
         """Canonical checkpoint of one replicate (weights and optimizer state)."""
 
     def drop(self, replicate: int) -> None:
-        """Stop training one replicate (cancelled or lost); the others go on."""
+        """Stop training one replicate (cancelled, lost, pruned, or its epochs done); the others go
+        on. What the replicate was (its state, predictions) is read before it is dropped."""
 
     def predict(self, replicate: int, x: np.ndarray) -> np.ndarray:
         """The network's outputs (N, classes) for prepared inputs x (N, *input_shape)."""
@@ -125,4 +126,21 @@ class Trainer(Protocol):
         """Write the replicate's trained model as a standalone Keras `.keras` file."""
 
 
-TrainerFactory = Callable[[TrainSpec, list[int], PreparedData, list[State | None]], Trainer]
+class TrainerFactory(Protocol):
+    """Makes the trainer of a pack: SPEC the settings its replicates share (app/packing.py), one seed
+    and state per replicate, and LEARNING_RATES, one per replicate, when the pack mixes rates
+    (omitted or None: the spec's rate for all). Epochs are the runner's: it drops a replicate whose
+    epochs are done."""
+
+    def __call__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
+                 learning_rates: list[float] | None = None) -> Trainer: ...
+
+
+def replicate_specs(spec: TrainSpec, count: int, learning_rates: list[float] | None) -> list[TrainSpec]:
+    """Each replicate's own settings: SPEC with the replicate's learning rate (SPEC for all without rates)."""
+    if learning_rates is None:
+        return [spec] * count
+    if len(learning_rates) != count:
+        raise ValueError(f"{len(learning_rates)} learning rates for {count} replicates")
+    return [spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"learning_rate": rate})})
+            for rate in learning_rates]

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, read_session, write_session
 from app.models import Config, Run, RunSource, RunStatus, Sweep, SweepKind, Worker
+from app.packing import pack_key
 from app.spec import ExpandedConfig, SweepSpec, describe_params
 
 log = logging.getLogger("sweeplab.planner")
@@ -163,7 +164,7 @@ def _add_config(session: Session, sweep_id: int, position: int, cfg: ExpandedCon
     """A config stored as a grid's is (app.services.sweeps.create_sweep): params the dotted-path values,
     train the full settings they give, key their content key, label their description."""
     config = Config(sweep_id=sweep_id, position=position, key=cfg.key, label=describe_params(cfg.params),
-                    params=cfg.params, train=cfg.train.model_dump(mode="json"))
+                    params=cfg.params, train=cfg.train.model_dump(mode="json"), pack_key=pack_key(cfg.train))
     session.add(config)
     session.flush()
     return config

@@ -59,8 +59,10 @@ def new_token() -> str:
 
 def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
                token: str | None = None, programs: Collection[str] = ()) -> list[Claim]:
-    """Atomically claim the oldest queued run and up to limit-1 more of its config at the same
-    epoch (a pack). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN IMMEDIATE.
+    """Atomically claim the oldest queued run and up to limit-1 more of its pack key at the same
+    epoch (a pack: runs of any config and sweep whose settings differ at most in learning rate and
+    epochs, app/packing.py; oldest first). PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: inside BEGIN
+    IMMEDIATE. Each claim carries its own config's settings.
     A caller that retries after an error passes the same TOKEN and asks `claims_with_token` first:
     the failed try may have committed. Runs of a training program are claimed only by a worker
     that names it in PROGRAMS, one at a time (each trains in a process of its own)."""
@@ -76,11 +78,15 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
             return []
         # A queued run with attempts behind it lost its worker (a release gives its attempt back):
         # it may be what killed the process, so it trains alone and never joins a fresh pack.
+        alone = head.attempt > 0 or head.program is not None
+        key = None if alone else s.scalar(select(Config.pack_key).where(Config.id == head.config_id))
+        # Configs of the head's pack key (ix_configs_pack_key), or only its own if it has none.
+        packable = (Run.config_id == head.config_id if key is None
+                    else Run.config_id.in_(select(Config.id).where(Config.pack_key == key)))
         picked = (
             select(Run.id)
-            .where(queued, Run.config_id == head.config_id, Run.last_epoch == head.last_epoch,
-                   Run.attempt == head.attempt)
-            .order_by(Run.id).limit(1 if head.attempt > 0 or head.program is not None else max(1, limit))
+            .where(queued, packable, Run.last_epoch == head.last_epoch, Run.attempt == head.attempt)
+            .order_by(Run.id).limit(1 if alone else max(1, limit))
             .with_for_update(skip_locked=True)
         )
         ids = list(s.scalars(picked))
@@ -93,7 +99,7 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
         ).all()
         if not rows:
             return []
-        train = s.scalar(select(Config.train).where(Config.id == head.config_id)) or {}
+        train = _trains(s, rows)
         for r in rows:
             kind = "resumed" if r.last_epoch >= 0 else "claimed"
             _event(s, r.id, kind, worker_id, r.last_epoch if r.last_epoch >= 0 else None,
@@ -101,9 +107,16 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
     return _claims(rows, token, train)
 
 
-def _claims(rows: Any, token: str, train: dict[str, Any]) -> list[Claim]:
+def _trains(s: Session, rows: Any) -> dict[int, dict[str, Any]]:
+    """The training settings of the configs of ROWS, by config id."""
+    ids = sorted({r.config_id for r in rows})
+    return {i: t or {} for i, t in s.execute(select(Config.id, Config.train).where(Config.id.in_(ids))).all()}
+
+
+def _claims(rows: Any, token: str, trains: dict[int, dict[str, Any]]) -> list[Claim]:
     return sorted(
-        (Claim(r.id, r.sweep_id, r.config_id, r.seed, r.attempt, r.last_epoch, r.epochs, token, train)
+        (Claim(r.id, r.sweep_id, r.config_id, r.seed, r.attempt, r.last_epoch, r.epochs, token,
+               trains.get(r.config_id, {}))
          for r in rows),
         key=lambda c: c.run_id,
     )
@@ -118,7 +131,7 @@ def claims_with_token(engine: Engine, token: str) -> list[Claim]:
         ).all()
         if not rows:
             return []
-        train = s.scalar(select(Config.train).where(Config.id == rows[0].config_id)) or {}
+        train = _trains(s, rows)
     return _claims(rows, token, train)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, case, delete, func, insert, select, true, update
 from app.db import db_now, read_session, write_session
 from app.errors import InvalidSpec, SweepNotFound
 from app.models import Artifact, Checkpoint, Config, Metric, Run, RunSource, RunStatus, Sweep, SweepKind
+from app.packing import pack_key
 from app.schemas import Budget, ConfigPublic, Progress, StatusCounts, SweepProgress, SweepPublic, SweepsProgress, iso
 from app.spec import SweepSpec, describe_params, storable
 from app.statuses import FINAL, RETRYABLE
@@ -45,7 +46,7 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
         rows = []
         for position, cfg in enumerate(configs):
             config = Config(sweep_id=sweep.id, position=position, key=cfg.key, label=describe_params(cfg.params),
-                            params=cfg.params, train=cfg.train.model_dump(mode="json"))
+                            params=cfg.params, train=cfg.train.model_dump(mode="json"), pack_key=pack_key(cfg.train))
             s.add(config)
             s.flush()
             rows += [{"sweep_id": sweep.id, "config_id": config.id, "seed": seed, "epochs": cfg.train.epochs,

@@ -151,3 +151,41 @@ def test_0003_moves_client_tokens_and_keeps_every_row(settings: Settings) -> Non
                 conn.execute(text(bad))
     finally:
         engine.dispose()
+
+
+def test_0005_gives_queued_configs_their_pack_key(settings: Settings) -> None:
+    """A database of revision 0004 with two queued sweeps (one config at 2 and at 4 epochs, and the
+    same model at another learning rate) and an external sweep: after 0005 the queued configs share
+    one pack key, the one app.packing computes, and the external config has none."""
+    import json
+
+    from alembic import command
+
+    from app.db import make_engine
+    from app.migrate import alembic_config
+    from app.packing import pack_key
+    from app.spec import TrainSpec
+
+    url = settings.database_url
+    command.upgrade(alembic_config(url), "0004")
+    engine = make_engine(url)
+    trains = [TrainSpec.model_validate({"model": {"hidden": [4]}, "epochs": e, "optimizer": {"learning_rate": lr}})
+              for e, lr in ((2, 0.01), (4, 0.01), (2, 0.1))]
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sweeps (id, kind, name, dataset, spec, run_count, created_at) VALUES "
+                              "(1, 'queued', 'q1', 'mnist', '{}', 1, 0), (2, 'queued', 'q2', 'mnist', '{}', 2, 0), "
+                              "(3, 'external', 'nb', 'external', '{}', 1, 0)"))
+            rows = [(1, 1, trains[0]), (2, 2, trains[1]), (3, 2, trains[2])]
+            for config_id, sweep_id, train in rows:
+                conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
+                                  "VALUES (:id, :sweep, :id, 'k', 'base', '{}', :train)"),
+                             {"id": config_id, "sweep": sweep_id, "train": json.dumps(train.model_dump(mode="json"))})
+            conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
+                              "VALUES (4, 3, 0, 'k', 'base', '{\"lr\": 1}', '{\"lr\": 1}')"))
+        migrate(url)
+        with engine.connect() as conn:
+            keys = dict(conn.execute(text("SELECT id, pack_key FROM configs ORDER BY id")).all())
+        assert keys == {1: pack_key(trains[0]), 2: pack_key(trains[0]), 3: pack_key(trains[0]), 4: None}
+    finally:
+        engine.dispose()

@@ -255,3 +255,66 @@ def test_stop_predict_and_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     np.testing.assert_allclose(loaded.predict(data.x_test[:5], verbose=0), out, rtol=1e-5, atol=1e-6)
     weights = {k: v for k, v in trainer.state(1).items() if k.startswith("w/")}
     assert_states_close({k: v for k, v in get_state(loaded).items() if k.startswith("w/")}, weights, 0)
+
+
+# ---- mixed packs: configs that differ only in learning rate and epochs train in one pack (app/packing.py)
+
+MIXED = [  # optimizer, each replicate's learning rate, each replicate's epochs
+    pytest.param("sgd", [0.2, 0.05, 0.01, 0.1], [1, 3, 2, 3], id="sgd"),
+    pytest.param("adam", [0.01, 0.001, 0.003, 0.0003], [3, 1, 2, 3], id="adam"),
+    pytest.param("rmsprop", [0.001, 0.01, 0.0003, 0.003], [2, 3, 3, 1], id="rmsprop"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+@pytest.mark.parametrize(("optimizer", "rates", "epochs"), MIXED)
+def test_a_mixed_pack_matches_each_replicates_own_keras_model(optimizer: str, rates: list[float],
+                                                              epochs: list[int]) -> None:
+    """Four replicates of one architecture with four learning rates and three epoch counts in one
+    pack, each dropped when its own epochs are done (as the runner does): every replicate's
+    per-epoch metrics and final weights and optimizer state are its own Keras model's, trained
+    alone with its own rate for its own epochs. One pack of 4 keeps its shape while 3 are live and
+    is rebuilt from the survivors' states at 2, so the rates must follow the replicates."""
+    spec = make_spec([8], "softmax", "sparse_categorical_crossentropy", optimizer)
+    data = make_data(128, 40)
+    seeds = [*SEEDS, 99]
+    packed = PackedTrainer(spec, seeds, data, [None] * len(seeds), learning_rates=rates)
+    history: dict[int, list[EpochMetrics]] = {r: [] for r in range(len(seeds))}
+    final: dict[int, State] = {}
+    for epoch in range(1, max(epochs) + 1):
+        got = packed.train_epoch(epoch, never)
+        assert got is not None and sorted(got) == [r for r in range(len(seeds)) if epochs[r] >= epoch]
+        for r, metrics in got.items():
+            history[r].append(metrics)
+            if epochs[r] == epoch:  # its epochs are done: read it, then it leaves the pack
+                final[r] = packed.state(r)
+                packed.drop(r)
+    assert [p.r for p in packed.packs] == [2]  # rebuilt for the last epoch
+    model = compiled_model(spec, seeds[0])
+    for r, seed in enumerate(seeds):
+        model.optimizer.learning_rate = rates[r]  # the compiled step reads the rate's variable
+        want_history, want_state = keras_reference(model, spec, seed, data, epochs=epochs[r])
+        assert len(history[r]) == epochs[r]
+        for got_epoch, want_epoch in zip(history[r], want_history, strict=True):
+            assert_metrics_close(got_epoch, want_epoch, 1e-5)
+        assert_states_close(final[r], want_state, 1e-4)
+    # The rates matter: the two replicates that ran all three epochs learned differently.
+    both = [r for r in range(len(seeds)) if epochs[r] == 3]
+    assert not np.allclose(final[both[0]]["w/0"], final[both[1]]["w/0"])
+
+
+def test_mixed_rates_reach_each_standalone_model_and_saved_file(tmp_path: Path) -> None:
+    """The one-model trainer compiles each replicate with its own rate; a packed replicate's saved
+    model carries its own rate too; a rate list that does not fit the pack is refused."""
+    spec = make_spec([4], "softmax", "sparse_categorical_crossentropy", "rmsprop")
+    data = make_data(20, 10)
+    single = SingleTrainer(spec, [1, 2], data, [None, None], learning_rates=[0.5, 0.025])
+    assert [float(m.optimizer.learning_rate.numpy()) for m in single.models.values()] == pytest.approx([0.5, 0.025])
+    packed = PackedTrainer(spec, [1, 2], data, [None, None], learning_rates=[0.5, 0.025])
+    assert [float(rate) for p in packed.packs for rate in p.rates.numpy()] == pytest.approx([0.5, 0.025])
+    packed.save_keras(1, str(tmp_path / "one.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "one.keras"))
+    assert float(loaded.optimizer.learning_rate.numpy()) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="3 learning rates for 2 replicates"):
+        PackedTrainer(spec, [1, 2], data, [None, None], learning_rates=[0.1, 0.2, 0.3])
