@@ -35,6 +35,7 @@ from app.metrics import EPOCH_SECONDS, LOSS
 from app.models import RunStatus
 from app.packing import pack_key
 from app.retry import DatabaseUnavailable, retry_transient
+from app.services.pruning import after_epoch, pruning_sweeps
 from app.services.queue import (
     Claim,
     WriteOutcome,
@@ -108,6 +109,7 @@ class PackRunner:
         self.done_epoch = {c.run_id: c.last_epoch for c in claims}  # last epoch recorded per run
         self.lease = Lease(settings.lease_seconds, claimed_at)
         self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown, self.lease)
+        self.pruning: set[int] | None = None  # the pack's sweeps that prune (app.services.pruning), read once
 
     def run(self) -> None:
         self.beat.start()  # before data loading and trainer building: the leases run from the claim
@@ -226,8 +228,24 @@ class PackRunner:
                 break
             for run_id in sorted(self.active):
                 self._record(trainer, run_id, epoch, results[self.index[run_id]], seconds)
+            self._prune(trainer, epoch)
             self._settle_done(trainer, data)
         self._settle(trainer, data)
+
+    def _prune(self, trainer: Trainer, epoch: int) -> None:
+        """Judge the pack's pruning sweeps at EPOCH (app.services.pruning.after_epoch, fenced) and drop
+        the replicates whose configs are pruned, by this call or another worker's: the rest of the
+        pack trains on undisturbed."""
+        if self.pruning is None:
+            sweeps = [c.sweep_id for c in self.claims.values()]
+            self.pruning = self._db("read prune rules", partial(pruning_sweeps, self.engine, sweeps))
+        live = [c for c in self._live() if c.sweep_id in self.pruning]
+        if not live:
+            return
+        pruned = self._db(f"prune at epoch {epoch}", partial(after_epoch, self.engine, live, epoch))
+        for run_id in sorted(pruned & self.active):
+            log.info("run %d pruned after epoch %d (its config cannot win); dropping it", run_id, epoch)
+            self._drop(trainer, run_id)
 
     def _record_provenance(self, trainer: Trainer, spec: TrainSpec) -> None:
         """Record where and how this attempt trains (worker.provenance), fenced like every write; a

@@ -32,7 +32,8 @@ def prune_method(rule: pruning.PruneRule) -> str:
         return (f"Pruning (median) on {rule.metric}: Optuna's MedianPruner (n_startup_trials=0, n_warmup_steps="
                 f"{rule.min_epochs}, n_min_trials=1) on config means: a config whose best mean so far is worse than"
                 f" the median of the other configs' means at that epoch is pruned (the configs that recorded the"
-                f" epoch count as Optuna's completed trials). No error rate: noisy metrics prune good configs.")
+                f" epoch, pruned ones too, count as Optuna's completed trials). No error rate: noisy metrics prune"
+                f" good configs.")
     return (f"Pruning (asha) on {rule.metric}: Optuna's SuccessiveHalvingPruner (min_resource={rule.min_epochs},"
             f" reduction_factor={pruning.ASHA_REDUCTION}, min_early_stopping_rate=0) on config means: at epochs"
             f" {rule.min_epochs} x {pruning.ASHA_REDUCTION}^r a config goes on only if its mean is in the top"

@@ -22,7 +22,8 @@ Methods (epochs min_epochs .. E_max - 1 are the looks; E_max the sweep's most ep
   reporting the epoch. It says nothing about later epochs: a config that learns late can be pruned.
 - median: Optuna's MedianPruner (n_startup_trials=0, n_warmup_steps=min_epochs, n_min_trials=1) on
   config means: pruned when its best mean so far is worse than the median of the other configs'
-  means at that epoch (those that reported it count as Optuna's completed trials).
+  means at that epoch (those that recorded it, pruned ones too, count as Optuna's completed trials,
+  so the answer does not hang on which worker asks first).
 - asha: Optuna's SuccessiveHalvingPruner (min_resource=min_epochs, reduction_factor=3,
   min_early_stopping_rate=0) on config means: at rungs min_epochs * 3^r a config goes on only if its
   mean is in the top third of the configs that reached that rung.
@@ -179,9 +180,8 @@ def optuna_decisions(curves: Mapping[int, Mapping[int, float]], complete: Mappin
         if rule.method == "median":
             pruner: Any = MedianPruner(n_startup_trials=0, n_warmup_steps=rule.min_epochs, n_min_trials=1)
             for o, curve in curves.items():
-                if o != c and epoch in complete.get(o, set()):
-                    study.add_trial(_trial({e: v for e, v in curve.items() if e <= epoch},
-                                           "PRUNED" if o in pruned else "COMPLETE"))
+                if o != c and epoch in complete.get(o, set()):  # pruned ones too: the answer keeps no order
+                    study.add_trial(_trial({e: v for e, v in curve.items() if e <= epoch}, "COMPLETE"))
         else:
             pruner = SuccessiveHalvingPruner(min_resource=rule.min_epochs, reduction_factor=ASHA_REDUCTION,
                                              min_early_stopping_rate=0)
