@@ -17,7 +17,9 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
+from app.api.mlflow import PREFIXES as MLFLOW_ROUTES
 from app.config import PROJECT_ROOT, Settings
+from app.errors import is_mlflow_path
 from tests.conftest import (
     LiveServer,
     free_port,
@@ -29,7 +31,8 @@ from tests.conftest import (
 )
 
 # POSTs that change nothing: they may be answered without the token.
-READ_ONLY_POSTS = {"/api/sweeps/validate"}
+READ_ONLY_POSTS = {"/api/sweeps/validate", *(f"{prefix}/{what}/search" for prefix in MLFLOW_ROUTES
+                                             for what in ("experiments", "runs"))}
 SCRIPT = "<script>alert(1)</script>"
 
 
@@ -64,7 +67,8 @@ def mutations() -> list[tuple[str, str]]:
         for route in getattr(router, "routes", []):
             if isinstance(route, APIRoute):
                 for method in sorted(route.methods - {"GET", "HEAD", "OPTIONS"}):
-                    if route.path not in READ_ONLY_POSTS:
+                    # {rest:path}: MLflow's endpoints sweeplab does not implement, refused whatever is sent
+                    if route.path not in READ_ONLY_POSTS and "{rest:path}" not in route.path:
                         out.append((method, route.path))
     return out
 
@@ -94,7 +98,10 @@ def test_every_change_needs_the_token_and_reads_do_not(guarded_server: LiveServe
                         {"authorization": token}, {"x-sweeplab-token": "wrong"}):
             answer = httpx.request(method, target, json=SPEC, headers=headers, timeout=10)
             assert answer.status_code == 401, f"{method} {path} with {headers}: {answer.status_code}"
-            assert answer.json()["error"]["code"] == "unauthorized"
+            if is_mlflow_path(path):  # MLflow's routes answer in MLflow's error shape
+                assert answer.json()["error_code"] == "UNAUTHENTICATED"
+            else:
+                assert answer.json()["error"]["code"] == "unauthorized"
         answer = httpx.request(method, target, json=SPEC, headers=good, timeout=10)
         assert answer.status_code != 401, f"{method} {path}: the right token was refused"
     for path in ("/api/sweeps", f"/api/sweeps/{sweep_id}", f"/api/sweeps/{sweep_id}/runs", f"/api/runs/{run_id}",
