@@ -26,7 +26,7 @@ from app.metrics import VAL_ACCURACY
 from app.models import Config, Run, RunStatus
 from app.services import workers
 from app.services.planner import SEARCH_HEADROOM, plan, plan_pending
-from app.services.queue import claim_runs, finish_run, record_epoch
+from app.services.queue import claim_runs, finish_run, record_epoch, release_run
 from app.services.search import random_params, startup_trials
 from app.services.sweeps import cancel_sweep, parse_spec, retry_failed
 from app.spec import SweepSpec, TrainSpec, describe_params
@@ -51,12 +51,17 @@ def search(engine: Engine, name: str = "search", **spec: Any) -> int:
 
 
 def train_pack(engine: Engine, value: Callable[[TrainSpec, int], float] = score) -> bool:
-    """Claim the oldest pack and train it by hand through the queue's own calls; False if none is queued."""
+    """Claim the oldest pack and train its oldest config by hand through the queue's own calls, so
+    that one config ends per call (the other configs of a mixed pack, app/packing.py, go back to
+    the queue); False if none is queued."""
     claims = claim_runs(engine, "by-hand", 50, 30.0)
     if not claims:
         return False
-    train = TrainSpec.model_validate(claims[0].train)
     for c in claims:
+        if c.config_id != claims[0].config_id:
+            assert release_run(engine, c)
+            continue
+        train = TrainSpec.model_validate(c.train)
         for epoch in range(c.last_epoch + 1, c.epochs + 1):
             record_epoch(engine, c, epoch, {VAL_ACCURACY: value(train, c.seed)}, None, 30.0)
         assert finish_run(engine, c, RunStatus.SUCCEEDED)
