@@ -6,7 +6,9 @@ For each hidden width, R replicates of the study's q6 config (softmax, sparse cr
 batch 32) are trained for a few epochs three ways, each in fresh processes:
 (a) SingleTrainer: one model.fit per replicate, one after another (TensorFlow's default threads);
 (b) SingleTrainer in two processes side by side, half the replicates each, one thread each;
-(c) PackedTrainer: all replicates packed into one Keras model.
+(c) PackedTrainer: all replicates packed into one Keras model;
+and at one width (32 where measured) a mixed pack: the same replicates with ten learning rates
+and half of them stopping after half the epochs (app/packing.py), per model-epoch it trains.
 Times are wall-clock from building the trainer (compiles included) to the end of the last epoch,
 validation included, divided by replicates x epochs. Results go to bench/results/packed-<date>.json.
 """
@@ -65,20 +67,28 @@ def child(args: argparse.Namespace) -> None:
         images = images.limited(spec.limit.train, spec.limit.test)
     data = PreparedData.from_images(images)
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.child == "packed":
+    if args.child in ("packed", "mixed"):
         from worker.keras_packed import PackedTrainer as Trainer
     else:
         from worker.keras_single import SingleTrainer as Trainer  # type: ignore[assignment]
+    epochs = [args.epochs] * len(seeds)
+    rates = None
+    if args.child == "mixed":  # rates 1e-4 .. 1e-2; every other replicate stops after half the epochs
+        rates = [float(r) for r in np.geomspace(1e-4, 1e-2, len(seeds))]
+        epochs = [args.epochs if i % 2 == 0 else max(1, args.epochs // 2) for i in range(len(seeds))]
     start, cpu_start = time.time(), time.process_time()
-    trainer = Trainer(spec, seeds, data, [None] * len(seeds))
-    marks, metrics = [time.time()], {}
+    trainer = Trainer(spec, seeds, data, [None] * len(seeds), rates)
+    marks, metrics, finals = [time.time()], {}, {}
     for epoch in range(1, args.epochs + 1):
         metrics = trainer.train_epoch(epoch, lambda: False) or {}
         marks.append(time.time())
+        for i in [i for i in metrics if epochs[i] == epoch]:  # its epochs done: it leaves the pack
+            finals[i] = metrics[i]["val_accuracy"]
+            trainer.drop(i)
     print(MARK + json.dumps({"start": start, "marks": marks, "cpu_s": time.process_time() - cpu_start,
                              "n_train": len(data.x_train),
-                             "n_test": len(data.x_test),
-                             "val_accuracy": [metrics[i]["val_accuracy"] for i in sorted(metrics)]}),
+                             "n_test": len(data.x_test), "model_epochs": sum(epochs),
+                             "val_accuracy": [finals[i] for i in sorted(finals)]}),
           flush=True)
 
 
@@ -147,7 +157,7 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images")
-    parser.add_argument("--child", choices=["single", "packed", "peak"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["single", "packed", "mixed", "peak"], help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
@@ -201,17 +211,32 @@ def main() -> None:
         print(f"  final val_accuracy: packed {mc:.4f} ± {sc:.4f}, sequential {ma:.4f} ± {sa:.4f} (mean ± SE) -> "
               f"{'agree' if row['val_accuracy_agree_2se'] else 'DIFFER'} within 2 SE")
         print(f"  load average (1 min) before/after: {loads[0]:.2f} / {loads[1]:.2f}")
+    mixed = measure_mixed(rows, seeds, args)
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpus": os.cpu_count(),
                "python": platform.python_version()}
     out = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine, "command": sys.argv[1:],
            "replicates": replicates, "epochs": args.epochs, "limit": args.limit,
-           "config": spec_dict(0, args.epochs, args.limit), "matmul_peak_flops": peak, "widths": rows}
+           "config": spec_dict(0, args.epochs, args.limit), "matmul_peak_flops": peak, "widths": rows,
+           "mixed_pack": mixed}
     folder = REPO / "bench" / "results"
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "-custom" if custom else "-quick" if args.quick else ""
     path = folder / f"packed-{dt.date.today().isoformat()}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwritten to {path.relative_to(REPO)}")
+
+
+def measure_mixed(rows: list[dict[str, Any]], seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """The mixed pack at width 32 (else the first width measured), against that width's uniform pack."""
+    row = next((r for r in rows if r["width"] == 32), rows[0])
+    results = collect([launch("mixed", row["width"], seeds, args)])
+    m = timing(results, results[0]["model_epochs"])
+    uniform = row["packed"]["per_model_epoch_s"]
+    print(f"\nmixed pack, width {row['width']}: {len(seeds)} learning rates (1e-4 to 1e-2), half the replicates "
+          f"stopping after {max(1, args.epochs // 2)} of {args.epochs} epochs: {m['per_model_epoch_s']:.3f} s per "
+          f"model-epoch ({results[0]['model_epochs']} model-epochs) vs {uniform:.3f} uniform packed")
+    return {"width": row["width"], "model_epochs": results[0]["model_epochs"], **m,
+            "ratio_to_uniform_packed": m["per_model_epoch_s"] / uniform}
 
 
 def cpu_name() -> str:
