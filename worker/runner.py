@@ -35,7 +35,7 @@ from app.metrics import EPOCH_SECONDS, LOSS
 from app.models import RunStatus
 from app.packing import pack_key
 from app.retry import DatabaseUnavailable, retry_transient
-from app.services.pruning import after_epoch, pruning_sweeps
+from app.services.pruning import after_epoch, lagging, pruning_sweeps
 from app.services.queue import (
     Claim,
     WriteOutcome,
@@ -64,6 +64,7 @@ from worker.trainer import ModelBuildError, PreparedData, State, Trainer, Traine
 
 log = logging.getLogger("sweeplab.worker")
 T = TypeVar("T")
+PRUNE_POLL_SECONDS = 0.25  # how often a pack of a pruning sweep looks whether the others reached its epoch
 # (dataset, limits) -> (the loaded data it was prepared from, the prepared data): a changed file is reloaded.
 _prepared: dict[tuple[str, int | None, int | None], tuple[object, PreparedData]] = {}
 
@@ -242,6 +243,10 @@ class PackRunner:
         live = [c for c in self._live() if c.sweep_id in self.pruning]
         if not live:
             return
+        deadline = time.monotonic() + self.settings.lease_seconds  # configs are judged at one epoch: wait a while
+        while (not self.shutdown.is_set() and time.monotonic() < deadline and not self.beat.should_stop()
+               and self._db("wait for the sweep's other configs", partial(lagging, self.engine, live, epoch))):
+            self.shutdown.wait(PRUNE_POLL_SECONDS)
         pruned = self._db(f"prune at epoch {epoch}", partial(after_epoch, self.engine, live, epoch))
         for run_id in sorted(pruned & self.active):
             log.info("run %d pruned after epoch %d (its config cannot win); dropping it", run_id, epoch)

@@ -1,8 +1,10 @@
 """Early stopping (`prune: {method, metric, min_epochs, alpha}`): a config that cannot win stops, its
 runs ending `pruned` with the epochs they trained.
 
-Decided where epochs are recorded: after a worker records an epoch E of a pack, `after_epoch`
-judges the sweep's configs at E, in one transaction under the sweep's lock
+Decided where epochs are recorded: after a worker records an epoch E of a pack, it waits (at most
+a lease) while another config of the sweep is training on another worker and has not recorded E yet
+(`lagging`: configs are judged at the same epoch, so a fast hopeless config does not run to its end
+before the best reports), then `after_epoch` judges the sweep's configs at E, in one transaction under the sweep's lock
 (app.services.planner.sweep_lock) and fenced by the pack's lease (a worker that lost its runs
 decides nothing). A config is judged at E only from data that no longer change: every one of its
 runs has recorded E (or ended before it); so is every config it is compared with. Pruning a config
@@ -324,6 +326,24 @@ def prune_config(session: Session, config_id: int, reason: str, epoch: int) -> l
     for run_id in ids:
         session.add(RunEvent(run_id=run_id, kind=PRUNED, epoch=epoch, message=reason))
     return ids
+
+
+def lagging(engine: Engine, claims: Sequence[Claim], epoch: int) -> bool:
+    """Whether a config of the pruning sweeps of CLAIMS that is not in CLAIMS has a run training on
+    another worker that has not recorded EPOCH yet, while EPOCH is one the rule judges: then the
+    pack waits for it (configs are judged at the same epoch). Queued runs are not waited for."""
+    ours = {c.config_id for c in claims}
+    with read_session(engine) as s:
+        sweeps = s.execute(select(Sweep).where(Sweep.id.in_(sorted({c.sweep_id for c in claims})))).scalars().all()
+        for sweep in sweeps:
+            spec = spec_of(sweep)
+            if spec is None or spec.prune is None or not spec.prune.min_epochs <= epoch < spec.max_epochs():
+                continue
+            behind = s.scalar(select(Run.id).where(Run.sweep_id == sweep.id, Run.status == RUNNING,
+                                                   Run.last_epoch < epoch, Run.config_id.not_in(ours)).limit(1))
+            if behind is not None:
+                return True
+    return False
 
 
 def after_epoch(engine: Engine, claims: Sequence[Claim], epoch: int) -> set[int]:

@@ -8,6 +8,8 @@ import dataclasses
 import math
 import statistics
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,12 @@ from app.services.decisions import sweep_decisions
 from app.services.pruning import after_epoch
 from app.services.queue import Claim, WriteOutcome, claim_runs, finish_run, record_epoch
 from app.services.sweeps import read_sweep, retry_failed
+from app.spec import TrainSpec
 from tests.conftest import make_settings
 from tests.factories import events_of, make_sweep, metric_rows, runs_of
+from worker.fake_trainer import FakeTrainer
 from worker.main import Worker
+from worker.trainer import EpochMetrics, PreparedData, State
 
 PRUNE = {"method": "ci", "metric": "val_accuracy", "min_epochs": 2}
 NARROW = [0.294, 0.304, 0.344, 0.294]  # epoch-2 val_accuracy of 4 seeds of width 2 on MNIST subsets (measured)
@@ -232,3 +237,43 @@ def test_pruning_drops_replicates_and_the_others_train_as_if_alone_then_retry_re
         assert [(k, e) for k, e, _ in resumed[seed]] == [(k, e) for k, e, _ in rows]
         assert [v for _, _, v in resumed[seed]] == pytest.approx([v for _, _, v in rows], rel=1e-6)
     assert np.isfinite([v for rows in full.values() for _, _, v in rows if v is not None]).all()
+
+
+# ---- two workers: a fast hopeless pack waits for the other config to reach its epoch --------------
+
+class WidthCurves(FakeTrainer):
+    """The fake trainer with val_accuracy by the config's width (width 2 hopeless: NARROW, WIDE); width 64
+    starts slowly (its first two epochs take 1.5 s, as a first compile does), width 2 is quick."""
+
+    def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData | None, states: list[State | None]):
+        super().__init__(spec, seeds, data, states)
+        self.wide = spec.model.hidden != [2]
+        self.values = WIDE if self.wide else NARROW
+
+    def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
+        self.sleep = 1.5 if self.wide and epoch <= 2 else 0.02
+        return super().train_epoch(epoch, should_stop)
+
+    def _metrics(self, i: int) -> EpochMetrics:
+        return {**super()._metrics(i), "val_accuracy": self.values[self.seeds[i] % 4] + 0.001 * self.done[i]}
+
+
+def test_a_fast_hopeless_pack_waits_for_the_other_configs_epoch_and_stops_there(settings: Settings,
+                                                                                engine: Engine) -> None:
+    sweep = make_sweep(engine, name="two workers", epochs=10, grid={"model.hidden": [[2], [64]]}, replicates=4,
+                       prune=PRUNE)
+    threads = [threading.Thread(target=Worker(settings, engine, factory=WidthCurves).run, kwargs={"max_packs": 1})
+               for _ in range(2)]
+    threads[0].start()  # claims width 2 (the oldest runs): 0.02 s an epoch, its 10 epochs done in well under 1 s
+    deadline = time.monotonic() + 30
+    while not any(r.status == RunStatus.RUNNING.value for r in runs_of(engine, sweep.id)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    threads[1].start()  # width 64: reaches epoch 2 after 3 s; width 2 waits for it there, at most a lease
+    for t in threads:
+        t.join(60)
+    runs = runs_of(engine, sweep.id)
+    narrow = [r for r in runs if r.status == RunStatus.PRUNED.value]
+    assert len(narrow) == 4 and {r.last_epoch for r in narrow} == {2}
+    assert all(r.status == RunStatus.SUCCEEDED.value and r.last_epoch == 10 for r in runs if r not in narrow)
+    assert {e for _, e, _ in pruned_events(engine, sweep.id)} == {2}
