@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from app.api.artifact_response import artifact_response
 from app.api.deps import ContentTyped, EngineDep, Guarded, SettingsDep, require_token
 from app.errors import EndpointNotFound, InvalidSpec
 from app.services import mlflow_artifacts as artifact_service
@@ -364,7 +365,7 @@ async def upload_artifact(path: str, request: Request, engine: EngineDep) -> dic
 @artifacts.get("/artifacts/{path:path}", response_class=Response)
 def download_artifact(path: str, engine: EngineDep) -> Response:
     content_type, data = artifact_service.get_artifact(engine, path)
-    return Response(data, media_type=content_type)
+    return artifact_response(data, content_type)
 
 
 @artifacts.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from app.api.artifact_response import artifact_response
 from app.api.deps import EngineDep, Guarded
 from app.schemas import ArtifactInfo, RunMetrics, RunPublic
 from app.services import runs as run_service
@@ -35,11 +36,11 @@ def list_run_artifacts(run_id: int, engine: EngineDep) -> list[ArtifactInfo]:
     return run_service.list_artifacts(engine, run_id)
 
 
-@router.get("/{run_id}/artifacts/{name}", response_class=Response,
+@router.get("/{run_id}/artifacts/{name:path}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def read_run_artifact(run_id: int, name: str, engine: EngineDep) -> Response:
     content_type, data = run_service.read_artifact(engine, run_id, name)
     headers = {}
     if name == "model.keras":
         headers["content-disposition"] = f'attachment; filename="run-{run_id}.keras"'
-    return Response(data, media_type=content_type, headers=headers)
+    return artifact_response(data, content_type, headers)

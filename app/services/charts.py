@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from app.db import read_session
 from app.errors import NotFound, SweeplabError
@@ -43,6 +43,18 @@ def parse_ids(text: str, most: int = MAX_COMPARED) -> list[int]:
 
 # ---- configs ---------------------------------------------------------------------------------
 
+def _configs_version(engine: Engine, scope: Scope) -> tuple[int, int] | None:
+    """For a sweep's configs, their count and largest id: configs are only ever added (a search adds
+    them as work frees up) or, for external runs that moved to the config of their params, deleted,
+    so either changes this. Named configs never change: None."""
+    if scope.config_ids is not None:
+        return None
+    with read_session(engine) as s:
+        count, largest = s.execute(select(func.count(), func.coalesce(func.max(Config.id), 0))
+                                   .where(Config.sweep_id == scope.sweep_id)).one()
+    return int(count), int(largest)
+
+
 def config_rows(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
     """What never changes about the configs: ids, sweep, position, label, swept values, epochs."""
     def read() -> list[dict[str, Any]]:
@@ -57,7 +69,7 @@ def config_rows(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
         return [{"id": r.id, "sweep_id": r.sweep_id, "sweep_name": r.name, "study": r.study, "position": r.position,
                  "label": r.label, "params": r.params, "epochs": r.train.get("epochs")} for r in rows]
 
-    rows = memo.get((engine.url, "configs", scope), None, read)
+    rows = memo.get((engine.url, "configs", scope), _configs_version(engine, scope), read)
     if scope.config_ids is not None and scope.sweep_id is None:
         found = {c["id"]: c for c in rows}
         missing = [i for i in scope.config_ids if i not in found]

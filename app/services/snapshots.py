@@ -41,7 +41,8 @@ class Snapshot:
 
     def __init__(self, seqs: dict[int, int], runs: dict[int, tuple[int, int, str]]) -> None:
         self.seqs, self.runs = seqs, runs
-        self.status_digest = hash(frozenset((r, v[2]) for r, v in runs.items()))
+        # A run's config is part of it: an external (MLflow) run moves to the config of its params.
+        self.status_digest = hash(frozenset((r, v[0], v[2]) for r, v in runs.items()))
 
     @property
     def cursor(self) -> int | None:
@@ -53,8 +54,11 @@ class Snapshot:
         return Snapshot(self.seqs, {r: v for r, v in self.runs.items() if v[0] in config_ids})
 
     def changed_configs(self, engine: Engine, older: Snapshot) -> set[int]:
-        changed = {(self.runs.get(r) or older.runs[r])[0] for r in self.runs.keys() | older.runs.keys()
-                   if self.runs.get(r) != older.runs.get(r)}
+        changed: set[int] = set()
+        for r in self.runs.keys() | older.runs.keys():
+            now, before = self.runs.get(r), older.runs.get(r)
+            if now != before:  # the config it is in now and the one it left (a run that moved) both change
+                changed |= {v[0] for v in (now, before) if v is not None}
         moved = [and_(Metric.sweep_id == sweep, Metric.seq > older.seqs.get(sweep, 0), Metric.seq <= seq)
                  for sweep, seq in self.seqs.items() if seq > older.seqs.get(sweep, 0)]
         if moved:

@@ -471,3 +471,20 @@ def test_replicates_logging_params_at_once_share_one_config(settings: Settings, 
     configs, used = configs_with_runs(engine, int(eid))
     assert len(configs) == 1 and set(configs) == used
     assert sorted(r.seed for r in runs_of(engine, int(eid))) == list(range(6))
+
+
+def test_an_uploaded_page_is_served_inert_from_both_routes(api: TestClient) -> None:
+    """A client may upload HTML or SVG with any content type: it must never run script in this origin."""
+    eid = experiment(api, "inert")
+    run_id = new_run(api, eid)
+    root = f"/api/2.0/mlflow-artifacts/artifacts/{eid}/{run_id}/artifacts"
+    page = b"<html><script>fetch('/api/sweeps/1/cancel', {method: 'POST'})</script></html>"
+    ok(api.put(f"{root}/logs/x.html", content=page, headers={"content-type": "text/html"}))
+    ok(api.put(f"{root}/y.svg", content=b"<svg onload=alert(1)/>", headers={"content-type": "image/svg+xml"}))
+    for path in (f"{root}/logs/x.html", f"/api/runs/{run_id}/artifacts/logs/x.html", f"/api/runs/{run_id}/artifacts/y.svg"):
+        got = api.get(path)
+        assert got.status_code == 200, path
+        assert got.headers["content-type"].startswith("text/plain"), path
+        assert got.headers["x-content-type-options"] == "nosniff"
+        assert got.headers["content-security-policy"].startswith("sandbox")
+    assert api.get(f"/api/runs/{run_id}/artifacts/logs/x.html").content == page  # a nested name reads back
