@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from scipy import stats as scipy_stats
 from sqlalchemy import Engine, select
 
 from app.config import Settings
 from app.db import read_session
+from app.main import create_app
 from app.models import Config, RunEvent, RunStatus
 from app.services.decisions import sweep_decisions
 from app.services.pruning import after_epoch
@@ -62,7 +64,7 @@ def one_sided(values: list[float], level: float) -> tuple[float, float]:
     return statistics.fmean(values) - half, statistics.fmean(values) + half
 
 
-def test_a_config_pruned_on_another_workers_data_stops_at_its_next_write(engine: Engine) -> None:
+def test_a_config_pruned_on_another_workers_data_stops_at_its_next_write(settings: Settings, engine: Engine) -> None:
     sweep_id, narrow, wide = two_packs(engine)
     for epoch in (1, 2):
         assert record(engine, narrow, epoch, [v - 0.01 * (2 - epoch) for v in NARROW]) == [WriteOutcome.OK] * 4
@@ -98,6 +100,13 @@ def test_a_config_pruned_on_another_workers_data_stops_at_its_next_write(engine:
     assert by_state[narrow[0].config_id]["state"] == "pruned" and by_state[narrow[0].config_id]["pruned_epoch"] == 2
     assert by_state[wide[0].config_id]["state"] == "done"
     assert answer["prune"]["level"] == pytest.approx(level) and answer["prune"]["pruned"] == 1
+    api = TestClient(create_app(settings))  # pruned through the API: counts, filters, the catalogue
+    assert api.get(f"/api/sweeps/{sweep_id}").json()["status_counts"]["pruned"] == 4
+    listed = api.get(f"/api/sweeps/{sweep_id}/runs?status=pruned").json()
+    assert sorted(r["id"] for r in listed) == sorted(c.run_id for c in narrow)
+    assert all(r["error"].startswith("pruned at epoch 2") for r in listed)
+    assert [x["id"] for x in api.get("/api/sweeps?status=pruned").json()] == [sweep_id]
+    assert api.get(f"/api/sweeps/{sweep_id}/decisions").json() == answer
 
 
 def test_the_decision_is_made_once_whoever_asks_at_once_and_only_by_a_lease_holder(engine: Engine) -> None:
