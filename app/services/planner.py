@@ -88,21 +88,38 @@ def plan(engine: Engine, sweep_id: int, *, lease_seconds: float = 60.0) -> PlanR
     with read_session(engine) as s:  # a look without the write lock: most calls have nothing to do
         peek = s.get(Sweep, sweep_id)
         spec = stored_spec(peek) if peek is not None else None
-    if spec is None or (spec.race is None and not _search_has_room(engine, sweep_id, spec, lease_seconds)):
+    if spec is None or not _worth_locking(engine, sweep_id, spec, lease_seconds):
         return PlanResult(sweep_id)
     prepare(spec)
     with write_session(engine) as s:
         return plan_locked(s, sweep_id, spec, lease_seconds=lease_seconds)
 
 
-def _search_has_room(engine: Engine, sweep_id: int, spec: SweepSpec, lease_seconds: float) -> bool:
-    """Whether a search may add a config now, by a look without the lock (decided again under it): a
-    planner with nothing to do never waits for the write lock."""
+def _worth_locking(engine: Engine, sweep_id: int, spec: SweepSpec, lease_seconds: float) -> bool:
+    """Whether a plan may add something now, by a look without the lock (decided again under it): a
+    planner with nothing to do (a finished race, a search at max_configs or with no room) never waits
+    for the write lock, nor holds it."""
     with read_session(engine) as s:
-        made = s.scalar(select(func.count()).select_from(Config).where(Config.sweep_id == sweep_id)) or 0
-        if made >= (spec.max_configs or 0):
-            return False
-        return _room(s, sweep_id, lease_seconds) > 0
+        if spec.searching:
+            made = s.scalar(select(func.count()).select_from(Config).where(Config.sweep_id == sweep_id)) or 0
+            if made < (spec.max_configs or 0) and _room(s, sweep_id, lease_seconds) > 0:
+                return True
+        if spec.race is not None and _ended(s, sweep_id):
+            sweep = s.get(Sweep, sweep_id)
+            configs = list(s.scalars(select(Config).where(Config.sweep_id == sweep_id).order_by(Config.position)))
+            if sweep is not None and configs:
+                return any(n > 0 for _, n in _racing().next_seeds(s, sweep, configs))
+    return False
+
+
+def _ended(session: Session, sweep_id: int) -> bool:
+    """Whether some run of the sweep has ended (a race decides on ended runs only)."""
+    return bool(session.scalar(select(exists().where(Run.sweep_id == sweep_id,
+                                                     Run.status.not_in([QUEUED, RUNNING])))))
+
+
+def _racing() -> Any:
+    return importlib.import_module("app.services.racing")  # helper "race"'s module, imported when a race plans
 
 
 def _room(session: Session, sweep_id: int, lease_seconds: float) -> int:
@@ -141,8 +158,7 @@ def plan_locked(session: Session, sweep_id: int, spec: SweepSpec, *, lease_secon
         max_attempts = session.scalar(select(func.max(Run.max_attempts)).where(Run.sweep_id == sweep_id)) \
             or DEFAULT_MAX_ATTEMPTS
     new_runs = 0
-    ended = session.scalar(select(exists().where(Run.sweep_id == sweep_id, Run.status.not_in([QUEUED, RUNNING]))))
-    if spec.race is not None and configs and ended:  # a race decides on ended runs only
+    if spec.race is not None and configs and _ended(session, sweep_id):
         new_runs += _add_seeds(session, sweep, spec, configs, max_attempts)
     new_configs: list[int] = []
     if spec.searching and len(configs) < (spec.max_configs or 0):
@@ -183,14 +199,14 @@ def _add_runs(session: Session, sweep_id: int, config_id: int, epochs: int, prog
               seeds: Sequence[int], max_attempts: int) -> int:
     rows = run_rows(sweep_id, config_id, epochs, program, seeds, max_attempts)
     if rows:
-        session.execute(insert(Run).values(rows))
+        key = session.scalar(select(Config.pack_key).where(Config.id == config_id))  # the claim packs by it
+        session.execute(insert(Run).values([{**row, "pack_key": key} for row in rows]))
     return len(rows)
 
 
 def _add_seeds(session: Session, sweep: Sweep, spec: SweepSpec, configs: list[Config], max_attempts: int) -> int:
     """The race's new seeds: each config's next seeds after its largest, never past max replicates."""
-    racing = importlib.import_module("app.services.racing")  # helper "race" owns it; imported when a race plans
-    asked: list[tuple[int, int]] = list(racing.next_seeds(session, sweep, configs))
+    asked: list[tuple[int, int]] = list(_racing().next_seeds(session, sweep, configs))
     if not asked:
         return 0
     by_id = {c.id: c for c in configs}
