@@ -6,6 +6,8 @@ runs, whose foreign keys only share-lock the row, never wait on it); SQLite's wr
 already exclusive (BEGIN IMMEDIATE, app.db.write_session). Under the lock it reads what the sweep has
 and adds what is missing, so any number of planners (threads, workers, the server) asking at once
 create each config and seed once; a planner killed mid-way rolls back and leaves nothing half-done.
+Before it locks it looks in a read-only session whether anything may be added (room for a config,
+seeds a race wants), so planners with nothing to do never wait for, nor hold, the write lock.
 
 What it adds:
 - a race (`race` with replicates {min, max, step}): the seeds app.services.racing.next_seeds answers
