@@ -104,7 +104,8 @@ class Config(Base):
     label: Mapped[str] = mapped_column(String(500))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     train: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # Which queued configs' runs may train in one pack (app/packing.py; 0005); NULL for external ones.
+    # Which queued configs' runs may train in one pack (app/packing.py; 0005), copied to their runs
+    # (0006) so the claim reads one table; NULL for external ones.
     pack_key: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
@@ -117,6 +118,7 @@ class Run(Base):
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
         Index("ix_runs_sweep_id_seq", "sweep_id", "seq"),
         Index("ix_runs_program_status", "program", "status"),
+        Index("ix_runs_pack_key_status_id", "pack_key", "status", "id"),  # the claim's siblings (0006)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -145,6 +147,7 @@ class Run(Base):
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # free-form tags (MLflow's set-tag)
     program: Mapped[str | None] = mapped_column(String(100))  # the training program it needs, if any
     output: Mapped[str | None] = mapped_column(Text)  # bounded tail of a program's stdout and stderr
+    pack_key: Mapped[str | None] = mapped_column(String(32))  # its config's (app/packing.py); NULL: external
 
 
 class Worker(Base):

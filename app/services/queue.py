@@ -71,18 +71,17 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
     queued = and_(Run.status == RunStatus.QUEUED.value, Run.source == RunSource.QUEUE.value, offered)
     with write_session(engine) as s:
         head = s.execute(
-            select(Run.config_id, Run.last_epoch, Run.attempt, Run.program).where(queued).order_by(Run.id).limit(1)
-            .with_for_update(skip_locked=True)
+            select(Run.config_id, Run.last_epoch, Run.attempt, Run.program, Run.pack_key).where(queued)
+            .order_by(Run.id).limit(1).with_for_update(skip_locked=True)
         ).first()
         if head is None:
             return []
         # A queued run with attempts behind it lost its worker (a release gives its attempt back):
         # it may be what killed the process, so it trains alone and never joins a fresh pack.
         alone = head.attempt > 0 or head.program is not None
-        key = None if alone else s.scalar(select(Config.pack_key).where(Config.id == head.config_id))
-        # Configs of the head's pack key (ix_configs_pack_key), or only its own if it has none.
-        packable = (Run.config_id == head.config_id if key is None
-                    else Run.config_id.in_(select(Config.id).where(Config.pack_key == key)))
+        # Runs of the head's pack key (ix_runs_pack_key_status_id: one table, see migration 0006), or
+        # of its config only if it has none.
+        packable = Run.config_id == head.config_id if head.pack_key is None else Run.pack_key == head.pack_key
         picked = (
             select(Run.id)
             .where(queued, packable, Run.last_epoch == head.last_epoch, Run.attempt == head.attempt)

@@ -50,7 +50,8 @@ def create_sweep(engine: Engine, spec: SweepSpec, max_runs: int, max_attempts: i
             s.add(config)
             s.flush()
             rows += [{"sweep_id": sweep.id, "config_id": config.id, "seed": seed, "epochs": cfg.train.epochs,
-                      "max_attempts": max_attempts, "program": cfg.train.program} for seed in seeds]
+                      "max_attempts": max_attempts, "program": cfg.train.program, "pack_key": config.pack_key}
+                     for seed in seeds]
         for i in range(0, len(rows), INSERT_CHUNK):
             s.execute(insert(Run).values(
                 [{**r, "status": RunStatus.QUEUED.value, "source": RunSource.QUEUE.value, "attempt": 0,

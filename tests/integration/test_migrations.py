@@ -153,10 +153,11 @@ def test_0003_moves_client_tokens_and_keeps_every_row(settings: Settings) -> Non
         engine.dispose()
 
 
-def test_0005_gives_queued_configs_their_pack_key(settings: Settings) -> None:
+def test_0005_and_0006_give_queued_configs_and_runs_their_pack_key(settings: Settings) -> None:
     """A database of revision 0004 with two queued sweeps (one config at 2 and at 4 epochs, and the
     same model at another learning rate) and an external sweep: after 0005 the queued configs share
-    one pack key, the one app.packing computes, and the external config has none."""
+    one pack key, the one app.packing computes, and the external config has none; after 0006 each
+    queue run carries its config's key, the external run none."""
     import json
 
     from alembic import command
@@ -183,9 +184,16 @@ def test_0005_gives_queued_configs_their_pack_key(settings: Settings) -> None:
                              {"id": config_id, "sweep": sweep_id, "train": json.dumps(train.model_dump(mode="json"))})
             conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
                               "VALUES (4, 3, 0, 'k', 'base', '{\"lr\": 1}', '{\"lr\": 1}')"))
+            conn.execute(text("INSERT INTO runs (id, sweep_id, config_id, seed, status, source, attempt, max_attempts,"
+                              " epochs, last_epoch, cancel_requested, created_at, train_seconds) VALUES "
+                              "(1, 1, 1, 0, 'queued', 'queue', 0, 3, 2, -1, false, 0, 0), "
+                              "(2, 2, 3, 0, 'succeeded', 'queue', 1, 3, 2, 2, false, 0, 0), "
+                              "(3, 3, 4, 0, 'running', 'external', 0, 1, 1, 0, false, 0, 0)"))
         migrate(url)
         with engine.connect() as conn:
             keys = dict(conn.execute(text("SELECT id, pack_key FROM configs ORDER BY id")).all())
+            run_keys = dict(conn.execute(text("SELECT id, pack_key FROM runs ORDER BY id")).all())
         assert keys == {1: pack_key(trains[0]), 2: pack_key(trains[0]), 3: pack_key(trains[0]), 4: None}
+        assert run_keys == {1: pack_key(trains[0]), 2: pack_key(trains[0]), 3: None}
     finally:
         engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select, update
 
 from app.config import Settings
 from app.db import read_session, write_session
-from app.models import Config
+from app.models import Config, Run
 from app.packing import pack_key_of
 from app.services.queue import Claim, claim_runs, claims_with_token, record_epoch, release_run, requeue_crashed
 from app.spec import TrainSpec
@@ -55,6 +55,8 @@ def test_sweeps_store_one_pack_key_for_configs_that_differ_in_rate_or_epochs(eng
     for sweep in made.values():
         for config in configs_of(engine, sweep.id):
             assert config.pack_key == pack_key_of(config.train)
+        for run in runs_of(engine, sweep.id):  # each run carries its config's key: the claim reads runs only
+            assert run.pack_key == next(c.pack_key for c in configs_of(engine, sweep.id) if c.id == run.config_id)
 
 
 def test_one_claim_packs_runs_of_one_pack_key_across_configs_and_sweeps(engine: Engine) -> None:
@@ -98,11 +100,11 @@ def test_runs_pack_only_at_the_same_epoch_and_crashed_ones_alone(engine: Engine)
     assert [c.run_id for c in claim_runs(engine, "w", 10, LEASE)] == run_ids(engine, made["wide"])
 
 
-def test_a_config_without_a_pack_key_packs_only_its_own_runs(engine: Engine) -> None:
-    """A config whose key is missing (a row written without one) falls back to one config per pack."""
+def test_runs_without_a_pack_key_pack_only_with_their_config(engine: Engine) -> None:
+    """Runs whose key is missing (rows written without one) fall back to one config per pack."""
     made = study(engine)
     with write_session(engine) as s:
-        s.execute(update(Config).where(Config.sweep_id == made["q1"].id).values(pack_key=None))
+        s.execute(update(Run).where(Run.sweep_id == made["q1"].id).values(pack_key=None))
     assert [c.run_id for c in claim_runs(engine, "w", 10, LEASE)] == run_ids(engine, made["q1"])
     assert [c.run_id for c in claim_runs(engine, "w", 10, LEASE)] == run_ids(engine, made["q2"], made["lr"])
 
@@ -217,3 +219,14 @@ def test_a_mixed_pack_trains_each_run_as_it_would_train_alone(settings: Settings
     for short, long in ((0, 2), (1, 3)):
         assert losses[short] == pytest.approx(losses[long][:3], rel=1e-6)
     assert len({tuple(round(x or 0, 6) for x in v[:3]) for v in losses}) == 4
+
+
+def test_a_searchs_planned_runs_carry_their_configs_pack_key(engine: Engine) -> None:
+    """Runs the planner adds (a search's configs as work frees up, a race's seeds) pack like a grid's."""
+    sweep = make_sweep(engine, name="search", method="random", max_configs=4, search_seed=1, replicates=2,
+                       search={"optimizer.learning_rate": {"loguniform": [0.0001, 0.1]}}, **MODEL)
+    configs = {c.id: c.pack_key for c in configs_of(engine, sweep.id)}
+    assert configs and len(set(configs.values())) == 1 and None not in configs.values()
+    assert {r.pack_key for r in runs_of(engine, sweep.id)} == set(configs.values())
+    grid = make_sweep(engine, name="grid", replicates=1, **MODEL)
+    assert [c.pack_key for c in configs_of(engine, grid.id)] == list(set(configs.values()))  # one pack key
