@@ -10,9 +10,10 @@ rate and the epochs (seeds are never in them): configs of different sweeps share
 differ only there, as the study's q1 and q2 do (one config at 5 and 20 epochs), and so do the
 configs of a grid over `optimizer.learning_rate` or `epochs`.
 
-Stored in `configs.pack_key` when a config is made (migration 0005 filled in the older ones), so the
-claim (app.services.queue.claim_runs) groups by an indexed column. Never change what it leaves
-out without a migration that recomputes the stored keys.
+Stored in `configs.pack_key` when a config is made and copied to each of its runs (`runs.pack_key`;
+migrations 0005 and 0006 filled in the older ones), so the claim (app.services.queue.claim_runs)
+reads one indexed table. Never change what it leaves out without a migration that recomputes the
+stored keys.
 """
 
 from __future__ import annotations
