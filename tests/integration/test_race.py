@@ -128,6 +128,10 @@ def test_a_race_through_the_queue_settles_as_the_rule_says(settings: Settings, e
     budget = client.get(f"/api/sweeps/{sweep.id}").json()["budget"]
     assert budget == {"model_epochs_used": 2 * len(runs), "model_epochs_fixed_design": 2 * 27}
     assert client.get("/api/sweeps/999999/decisions").status_code == 404
+    plain = make_sweep(engine, name="plain", epochs=1, replicates=2)
+    assert client.get(f"/api/sweeps/{plain.id}/decisions").json() == {"sweep_id": plain.id, "race": None,
+                                                                        "prune": None, "configs": []}
+    assert "race" not in client.get(f"/api/sweeps/{plain.id}/verdicts").json()
 
 
 def settle_round(engine: Engine, sweep_id: int) -> None:
