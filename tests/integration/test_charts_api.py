@@ -216,7 +216,7 @@ def test_dataset_summary_and_images(client: TestClient, data_dir: Path) -> None:
 
 def test_unknown_dataset_is_a_readable_error(client: TestClient) -> None:
     r = client.get("/api/datasets/cifar")
-    assert r.status_code == 404 and "unknown dataset 'cifar'" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "dataset 'cifar' is not on this server" in r.json()["error"]["message"]
     page = client.get("/datasets/cifar", headers={"accept": "text/html"})
     assert page.status_code == 404 and "unknown dataset" in page.text and "<html" in page.text
 
