@@ -218,7 +218,7 @@ def test_unknown_dataset_is_a_readable_error(client: TestClient) -> None:
     r = client.get("/api/datasets/cifar")
     assert r.status_code == 404 and "dataset 'cifar' is not on this server" in r.json()["error"]["message"]
     page = client.get("/datasets/cifar", headers={"accept": "text/html"})
-    assert page.status_code == 404 and "unknown dataset" in page.text and "<html" in page.text
+    assert page.status_code == 404 and "is not on this server" in page.text and "<html" in page.text
 
 
 def test_missing_dataset_file_is_a_readable_error(settings: Settings, engine: Engine, tmp_path: Path) -> None:
