@@ -14,12 +14,12 @@ import os
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.errors import SweeplabError
+from app.services.memo import Memo
 
 PDF_TIMEOUT_SECONDS = 60.0
 PAGE_WIDTH_PX = 752  # A4 less 13 mm margins each side at 96 dpi (695 px), plus the page padding (56 px)
@@ -31,29 +31,7 @@ CACHED_PDFS = 8  # the last PDFs made, each kept while what it shows is unchange
 _rendering = threading.Lock()
 
 
-class _Recent:
-    """The last few PDFs, each with the version of the data it was made from."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.items, self.lock = size, OrderedDict[Any, tuple[Any, bytes]](), threading.Lock()
-
-    def get(self, key: Any, version: Any) -> bytes | None:
-        with self.lock:
-            hit = self.items.get(key)
-            if hit is None or hit[0] != version:
-                return None
-            self.items.move_to_end(key)
-            return hit[1]
-
-    def put(self, key: Any, version: Any, pdf: bytes) -> None:
-        with self.lock:
-            self.items[key] = (version, pdf)
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-
-recent = _Recent(CACHED_PDFS)
+recent = Memo(CACHED_PDFS)  # app.services.memo's versioned LRU, of its own: PDFs never evict chart answers
 
 
 class ReportUnavailable(SweeplabError):
@@ -110,8 +88,9 @@ def html_to_pdf(make_html: Callable[[], str], chromium: Path, timeout: float = P
     past TIMEOUT seconds of rendering. With a KEY, the PDF last made under it is answered again
     while VERSION (of the data it shows) is the same."""
     check_available(chromium)
-    if key is not None and (hit := recent.get(key, version)) is not None:
-        return hit
+    if key is not None and (hit := recent.peek(key)) is not None and hit[0] == version:
+        pdf_made: bytes = hit[1]
+        return pdf_made
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
