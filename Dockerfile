@@ -14,11 +14,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Debian's Chromium for PDF reports (Playwright drives it; never a downloaded browser).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, in their own layer: code changes do not reinstall TensorFlow.
 COPY pyproject.toml README.md ./
 RUN mkdir -p app worker sweeplab \
     && touch app/__init__.py worker/__init__.py sweeplab/__init__.py \
-    && pip install ".[train]" \
+    && pip install ".[train,report]" \
     && pip uninstall -y sweeplab
 
 # The project itself. Installed in place (-e) because it serves its templates, static files,

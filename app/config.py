@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="how long a request waits for a pooled connection before a 503")
     db_retry_seconds: float = Field(
         default=30.0, ge=0, description="how long a worker retries a failing database write before giving up")
+    preload_statistics: bool = Field(
+        default=True, description="server: import scipy and statsmodels in the background at start, so the "
+                                  "first table, verdicts or importance request does not wait 1-3 s for them")
+    warm_up_sweeps: int = Field(
+        default=3, ge=0, le=50, description="server: after start (and the statistics imports), in the background, "
+                                            "fill the caches of the pages of up to this many sweeps active in the "
+                                            "last hour, so their first requests compute nothing; 0: no warm-up")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="sweeplab's own log lines (libraries: WARNING, unless a command's --verbose)")
     trainer: Literal["keras", "fake"] = Field(default="keras", description="fake: no TensorFlow, for tests")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from app.api import charts, exports, external, health, presets, reports, runs, statistics, stream, studies, sweeps
@@ -54,6 +56,30 @@ def _widen_threadpool() -> None:
     limiter.total_tokens = max(limiter.total_tokens, THREADPOOL_TOKENS)
 
 
+def preload_statistics() -> None:
+    """Import what the statistics routes need (scipy, statsmodels: 1-3 s) once the server is up,
+    rather than in the first request that asks for a table, verdicts or importance; a request that
+    comes meanwhile waits on Python's import lock for what is left."""
+    import scipy.stats  # noqa: F401
+    import statsmodels.formula.api
+    import statsmodels.stats.anova
+    import statsmodels.stats.power  # noqa: F401
+
+
+def start_up(settings: Settings, engine: Engine, app: FastAPI) -> None:
+    """The server's background work once it is up: the statistics imports, then the warm-up of
+    the recently active sweeps' pages (app.services.warmup), each as its setting asks. Never raises."""
+    if settings.preload_statistics:
+        try:
+            preload_statistics()
+        except Exception:
+            log.warning("preloading the statistics libraries failed", exc_info=True)
+    if settings.warm_up_sweeps:
+        from app.services.warmup import warm_up
+
+        warm_up(engine, app.state.templates, settings.warm_up_sweeps, app)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = engine_for(settings)
@@ -75,6 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         _widen_threadpool()
+        if settings.preload_statistics or settings.warm_up_sweeps:
+            app.state.start_up = threading.Thread(target=start_up, args=(settings, engine, app),
+                                                  name="start-up", daemon=True)
+            app.state.start_up.start()
         reaper = asyncio.create_task(reap_forever())
         try:
             yield
@@ -87,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Run, watch and compare many trainings of small Keras models.")
     app.state.settings = settings
     app.state.engine = engine
+    app.state.start_up = None  # the thread of start_up, while the server runs (tests join it)
     app.state.templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates"))
     install_error_handlers(app)
 
@@ -95,8 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CrossSiteGuard)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
+    # The reports router before the studies one: a study's name may hold "/", so /api/studies/{study}
+    # takes the rest of the path, and /api/studies/{study}/report.html must be matched first.
     for router in (health.router, sweeps.router, runs.router, stream.router, presets.router, external.router,
-                   exports.router, charts.router, studies.router, statistics.router, reports.router):
+                   exports.router, charts.router, reports.router, studies.router, statistics.router):
         app.include_router(router)
     from app import pages
     from app.api import mlflow, workers

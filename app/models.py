@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import db_now
+from app.statuses import RunStatus as RunStatus  # spelled there (stdlib only: the client reads it too)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -39,17 +40,6 @@ NAMING_CONVENTION = {
 }
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class RunStatus(enum.StrEnum):
-    """The only place a status is spelled; app/statuses.py says how each one is shown."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PRUNED = "pruned"  # stopped early by an adaptive sweep (final; migration 0003 allows it)
 
 
 class RunSource(enum.StrEnum):
@@ -221,6 +211,39 @@ class Artifact(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=db_now())
+
+
+class CurveStat(Base):
+    """One cell of a config's curves: over the non-NULL values its runs logged for KEY at EPOCH, the
+    count, mean, sum of squared deviations (`m2`), min and max of the finite ones, and how many
+    were +inf / -inf. Kept by the database's triggers as metric rows are inserted or deleted and
+    as runs change config (migration 0007); never written by the application."""
+
+    __tablename__ = "curve_stats"
+
+    config_id: Mapped[int] = mapped_column(ForeignKey("configs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)  # finite values
+    mean: Mapped[float | None] = mapped_column(Float)
+    m2: Mapped[float] = mapped_column(Float)
+    lo: Mapped[float | None] = mapped_column(Float)
+    hi: Mapped[float | None] = mapped_column(Float)
+    pos_inf: Mapped[int] = mapped_column(Integer)
+    neg_inf: Mapped[int] = mapped_column(Integer)
+
+
+class RunFinal(Base):
+    """A run's last logged epoch of KEY, the value there (NULL for NaN) and its largest value over
+    epochs (`best`), kept by triggers like CurveStat (migration 0007)."""
+
+    __tablename__ = "run_finals"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    best: Mapped[float | None] = mapped_column(Float)
 
 
 class Checkpoint(Base):

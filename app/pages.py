@@ -157,7 +157,7 @@ def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
                    final=statuses.is_final(run.status))
 
 
-@router.get("/studies/{study}", response_class=HTMLResponse)
+@router.get("/studies/{study:path}", response_class=HTMLResponse)
 def study_page(study: str, request: Request, engine: EngineDep) -> HTMLResponse:
     """Every sweep of a study together and its declared questions answered (app.services.questions)."""
     overview = questions.study_overview(engine, study)

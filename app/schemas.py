@@ -1,11 +1,19 @@
-"""What the API answers: plain pydantic models built from rows by the services."""
+"""What the API answers: plain pydantic models built from rows by the services; and the one body
+both the API and the worker read, an epoch (POST /api/runs/{id}/epochs, and a training program's
+epoch through worker/programs.py's channel), so the worker imports no router."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_EPOCH = 100_000
+MAX_KEYS_PER_EPOCH = 64
+MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# JSON has no NaN or infinity: a client names them (the spellings of JavaScript and Python's float()).
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 
 
 def iso(ts: float | None) -> datetime | None:
@@ -68,8 +76,12 @@ class Progress(BaseModel):
     running: int
     succeeded: int
     failed: int
+    pruned: int = Field(0, description="runs an adaptive sweep stopped early (an intended ending)")
     epochs_done: int = Field(description="epochs trained, by every run")
     epochs_left: int = Field(description="epochs still to train, by runs not yet ended")
+    more_to_come: bool = Field(False, description="the planner of an adaptive sweep will still add configs or "
+                               "seeds (a search below max_configs, a race that wants more seeds): not over yet, "
+                               "though every run so far has ended")
 
 
 class SweepProgress(Progress):
@@ -144,3 +156,23 @@ class Health(BaseModel):
     database: str
     schema_revision: str | None
     version: str
+
+
+class StrictInput(BaseModel):
+    """A request body: unknown fields and non-finite numbers refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EpochCreate(StrictInput):
+    """One finished epoch: any metric keys; values numbers, "NaN", "Infinity", "-Infinity" or
+    null (not measured). They are stored as a worker's are: infinities as such, NaN and null as
+    null; reading them back answers null for all non-finite values."""
+
+    epoch: int = Field(ge=0, le=MAX_EPOCH, description="0: before training; 1..N after each epoch")
+    metrics: dict[MetricKey, float | NonFinite | None] = Field(max_length=MAX_KEYS_PER_EPOCH)
+    seconds: float = Field(default=0.0, ge=0, le=1e7, description="training time of this epoch")
+
+    def values(self) -> dict[str, float | None]:
+        """The metrics as floats (inf, -inf and NaN included)."""
+        return {k: float(v) if v is not None else None for k, v in self.metrics.items()}

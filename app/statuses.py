@@ -1,19 +1,38 @@
 """The run status catalogue: how each `RunStatus` is shown and what it means for the pages.
 
-`RunStatus` (app/models.py) is the enum the database and the queue use; this module adds what
-the pages need, in one place (STYLE.md, "One vocabulary"): the order of a progress bar's parts,
-the label, the colours, whether the status is final, whether "Retry failed" queues it again, and
-what a chart waiting on runs in that status says. The server hands `catalogue_json()` to every
-page; templates and JS read it and spell no status themselves.
+`RunStatus` is the enum the database (app/models.py re-exports it for its check constraint), the queue
+and the client (sweeplab/ never imports SQLAlchemy, so this module is stdlib only) use; the
+catalogue adds what the pages need, in one place (STYLE.md, "One vocabulary"): the order of a
+progress bar's parts, the label, the colours, whether the status is final, whether "Retry failed"
+queues it again, and what a chart waiting on runs in that status says. The server hands
+`catalogue_json()` to every page; templates and JS read it and spell no status themselves.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.models import RunStatus
+
+class RunStatus(enum.StrEnum):
+    """The only place a status is spelled (app/models.py re-exports it for the tables' check constraint)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PRUNED = "pruned"  # stopped early by an adaptive sweep (final; migration 0003 allows it)
+
+
+class ExternalEnding(enum.StrEnum):
+    """The final statuses a client gives its external run (POST /api/runs/{id}/finish); a RunStatus each."""
+
+    SUCCEEDED = RunStatus.SUCCEEDED.value
+    FAILED = RunStatus.FAILED.value
+    CANCELLED = RunStatus.CANCELLED.value
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from sqlalchemy import func, select
 from app.config import PROJECT_ROOT, Settings
 from app.db import get_engine, read_session
 from app.migrate import migrate
-from app.models import Run
+from app.models import Run, RunStatus
 from app.services.presets import preset_documents
 from app.services.questions import study_overview
 from app.services.sweeps import create_sweep, list_sweeps, parse_spec
 from bench.study import data_dir
 from sweeplab.logs import configure_logging
 
+ACTIVE = [RunStatus.QUEUED.value, RunStatus.RUNNING.value]
 IDLE_LOOKS = 4  # nothing queued or running on this many looks in a row, 2 s apart: done
 
 
@@ -58,8 +59,8 @@ def run(preset: str, workers: int, train_limit: int | None = None) -> dict[str, 
     try:
         while idle < IDLE_LOOKS:
             with read_session(engine) as s:
-                left = s.scalar(select(func.count()).where(Run.status.in_(["queued", "running"])))
-                done = s.scalar(select(func.count()).where(Run.status.not_in(["queued", "running"])))
+                left = s.scalar(select(func.count()).where(Run.status.in_(ACTIVE)))
+                done = s.scalar(select(func.count()).where(Run.status.not_in(ACTIVE)))
             print(f"\r{preset}: {done} runs ended, {left} left, {time.perf_counter() - start:.0f} s", end="",
                   file=sys.stderr)
             idle = idle + 1 if not left else 0

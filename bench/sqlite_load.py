@@ -40,8 +40,9 @@ from sqlalchemy import func, select
 
 from app.config import PROJECT_ROOT
 from app.db import get_engine
+from app.metrics import LOSS
 from app.migrate import migrate
-from app.models import Metric, Run
+from app.models import Metric, Run, RunStatus
 from app.services.sweeps import create_sweep, parse_spec
 from sweeplab.logs import configure_logging
 
@@ -196,13 +197,14 @@ def run(seconds: float, rate: float, workers: int, epoch_seconds: float, out: Pa
         time.sleep(3)  # the workers claim their first packs
         with engine.connect() as conn:
             run_ids = list(conn.scalars(select(Run.id).where(Run.sweep_id == big.id).order_by(Run.id).limit(400)))
-            epochs_before = conn.scalar(select(func.count()).where(Metric.key == "loss")) or 0
+            epochs_before = conn.scalar(select(func.count()).where(Metric.key == LOSS)) or 0
         client = Client(url, [big.id], run_ids)
         elapsed = asyncio.run(client.drive(rate, seconds))
         with engine.connect() as conn:
-            epochs_after = conn.scalar(select(func.count()).where(Metric.key == "loss")) or 0
-            locked_runs = conn.scalar(select(func.count()).where(Run.status == "failed", Run.error.like("%locked%")))
-            failed_runs = conn.scalar(select(func.count()).where(Run.status == "failed"))
+            epochs_after = conn.scalar(select(func.count()).where(Metric.key == LOSS)) or 0
+            locked_runs = conn.scalar(select(func.count()).where(Run.status == RunStatus.FAILED,
+                                                                 Run.error.like("%locked%")))
+            failed_runs = conn.scalar(select(func.count()).where(Run.status == RunStatus.FAILED))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -85,6 +85,7 @@ async function drawConfusion() {
   const total = matrix.flat().reduce((a, b) => a + b, 0);
   const right = matrix.reduce((a, row, i) => a + row[i], 0);
   const labels = run.class_names.map(chartText);
+  await plotlyReady();
   await Plotly.newPlot(holder, [{
     type: "heatmap", z: matrix, x: labels, y: labels, colorscale: "Blues", reversescale: true, texttemplate: "%{z}",
     colorbar: { title: { text: "test images" } }, name: "count",
@@ -142,6 +143,7 @@ async function drawOutputs() {
       xref: "paper", yref: "paper", x: col * 0.2 + 0.1, y: y[1] + 0.015, yanchor: "bottom", showarrow: false,
       font: { size: 11, color: after ? (predicted === label ? "#15803d" : "#b91c1c") : "#374151" } });
   });
+  await plotlyReady();
   await Plotly.newPlot(holder, traces, {
     ...lay, annotations, barmode: "group", bargap: 0.15, height: 560, showlegend: true,
     legend: { title: { text: "outputs" }, orientation: "h", x: 0, y: 1.08 },
@@ -193,9 +195,14 @@ function followOutput() {
 async function main() {
   const recorded = JSON.parse(document.getElementById("run-provenance").textContent);
   drawProvenance(recorded && Object.fromEntries(recorded));
-  ({ series } = await api(`/api/runs/${run.id}/metrics`));
+  // Every fetch starts at once, while Plotly (the largest script) still loads; each chart waits for
+  // Plotly only to draw.
+  const metrics = api(`/api/runs/${run.id}/metrics`);
+  const artifacts = [drawConfusion(), drawOutputs()];
+  ({ series } = await metrics);
   await plotlyReady();
-  await Promise.all([drawMetrics(), drawConfusion(), drawOutputs()]);
+  performance.mark("sweeplab-plotly-ready");
+  await Promise.all([drawMetrics(), ...artifacts]);
   markReady();
   const cancel = document.getElementById("cancel-run");
   cancel?.addEventListener("click", async () => {

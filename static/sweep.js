@@ -5,7 +5,7 @@
 import { MAX_SHOWN, addPoints, drawCurves, keysQuery } from "/static/bands.js";
 import {
   FINALS, PLOT_CONFIG, PRIMARY, api, canCancel, canRetry, chartText, clearEmpty, colourFor, doneCount, drawProgress, el,
-  isFinal, layout, markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, statusInfo, statusLabel,
+  isFinal, layout, markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, showError, statusInfo, statusLabel,
   throttle, waitingText,
 } from "/static/common.js";
 import { drawImportance, drawParcoords, powerText, verdictsByConfig, wireDetectInput } from "/static/stats.js";
@@ -19,6 +19,7 @@ const nameOf = (configId) => configMeta.get(configId)?.name ?? String(configId);
 const state = {
   agg: null, table: null, reps: new Map(), band: "std", axis: 0, selected: new Set(), loading: new Set(),
   statuses: null, lastEpoch: new Map(), dirty: new Set(), shown: null, keys: meta.keys, counts: {},
+  streamed: 0, loadingAgg: 0, touchedWhileLoading: new Set(), // the stream's cells (mergeCells)
   stats: { key: null, verdicts: null, importance: null, parcoords: null, detect: null, asked: 0, first: null },
 };
 const keys = () => keysQuery(state.keys);
@@ -44,9 +45,16 @@ async function loadAggregates() {
 async function loadMissingAggregates() {
   const missing = [...state.shown].filter((id) => !state.agg.series[String(id)]);
   if (!missing.length) return;
-  const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${missing.join(",")}&${keys()}`);
-  Object.assign(state.agg.series, part.series);
-  state.agg.configs = [...state.agg.configs, ...part.configs].sort((a, b) => a.position - b.position);
+  state.loadingAgg += 1;
+  try {
+    const part = await api(`/api/sweeps/${meta.id}/aggregates?configs=${missing.join(",")}&${keys()}`);
+    Object.assign(state.agg.series, part.series);
+    state.agg.configs = [...state.agg.configs, ...part.configs].sort((a, b) => a.position - b.position);
+  } finally { state.loadingAgg -= 1; }
+  // Cells streamed while these were read may be missing from the answer: read those configs once more.
+  const late = missing.filter((id) => state.touchedWhileLoading.has(id));
+  if (!state.loadingAgg) state.touchedWhileLoading.clear();
+  if (late.length) { for (const id of late) state.dirty.add(id); refreshAggregates(); }
 }
 // Re-reads only the drawn configs that got new epochs.
 async function updateAggregates() {
@@ -61,6 +69,20 @@ async function loadTable() {
   state.table = await api(`/api/sweeps/${meta.id}/table`);
   showCounts(state.table);
 }
+// Single replicates come on demand, and the server answers at most so many runs at once
+// (`truncated`, `runs_total`): the page says how many it shows.
+const truncated = new Map(); // "all" or a config id -> [shown, total]
+function showTruncated() {
+  const hint = document.getElementById("replicates-truncated");
+  const parts = [...truncated.entries()].map(([what, [shown, total]]) =>
+    `${what === "all" ? "all configs" : nameOf(what)}: ${shown} of ${total} replicates drawn (the first ${shown}: the server sends no more at once)`);
+  hint.hidden = !parts.length;
+  hint.textContent = parts.length ? `Single replicates, ${parts.join("; ")}.` : "";
+}
+function noteTruncated(what, data) {
+  if (data.truncated) truncated.set(what, [data.runs.length, data.runs_total]); else truncated.delete(what);
+  showTruncated();
+}
 async function loadAllReplicates() {
   const data = await api(`/api/sweeps/${meta.id}/series?${keys()}`);
   state.reps = new Map();
@@ -68,11 +90,18 @@ async function loadAllReplicates() {
     if (!state.reps.has(run.config_id)) state.reps.set(run.config_id, []);
     state.reps.get(run.config_id).push(run);
   }
+  truncated.clear();
+  noteTruncated("all", data);
   return data.cursor;
 }
 async function loadConfigReplicates(configId) {
   const data = await api(`/api/configs/${configId}/series?${keys()}`);
   state.reps.set(configId, data.runs);
+  noteTruncated(configId, data);
+}
+function forgetReplicates(configId) {
+  if (configId === undefined) { state.reps = new Map(); truncated.clear(); } else { state.reps.delete(configId); truncated.delete(configId); }
+  showTruncated();
 }
 
 const drawReplicates = () => drawCurves("curve", state.keys, configsForCharts(), state.agg.series, state.reps, state.band,
@@ -221,6 +250,45 @@ function drawPower() {
   document.getElementById("stats-method").textContent = answer.method;
 }
 
+// The parallel coordinates are WebGL: where the browser draws WebGL in software (headless Chromium's
+// SwiftShader) one draw costs 1.5-2 s of shader compiling whatever the data. They are drawn once their
+// box comes near the view (a quarter of a screen away), and from then on as the other charts; until
+// then the box says so. Body's data-parcoords-ready is set once they are drawn.
+const parcoords = { near: false, seen: null, pending: null };
+// Watched from the first statistics on, when the charts and the table above have their size.
+function watchParcoords() {
+  parcoords.seen ??= new Promise((resolve) => {
+    const observer = new IntersectionObserver((entries) => {
+      parcoords.near = entries.some((e) => e.isIntersecting);
+      resolve();
+      if (!parcoords.near) return;
+      observer.disconnect();
+      if (parcoords.pending) {
+        const [answer, waiting] = parcoords.pending;
+        parcoords.pending = null;
+        drawParcoordsNow(answer, waiting).catch(showStatsError);
+      }
+    }, { rootMargin: "25% 0px" });
+    observer.observe(document.getElementById("parcoords-chart"));
+  });
+  return parcoords.seen;
+}
+async function drawParcoordsNow(answer, waiting) {
+  await drawParcoords(document.getElementById("parcoords-chart"), answer, waiting);
+  document.body.dataset.parcoordsReady = "true";
+}
+async function drawParcoordsWhenNear(answer, waiting) {
+  await watchParcoords(); // the observer's first answer: near the view or not
+  const plotted = answer.config_ids.length && answer.dimensions.length >= 2; // else drawParcoords says why not
+  if (parcoords.near || !plotted) { parcoords.pending = null; return drawParcoordsNow(answer, waiting); }
+  parcoords.pending = [answer, waiting];
+  const n = answer.config_ids.length;
+  showEmpty(document.getElementById("parcoords-chart"),
+    `Parallel coordinates of ${n} config${n === 1 ? "" : "s"}: drawn when scrolled into view.`);
+  delete document.body.dataset.parcoordsReady;
+  return undefined;
+}
+
 function drawStats() {
   const waiting = doneCount(state.counts) ? null : waitingText(state.counts, { finals: true });
   drawPower();
@@ -228,7 +296,7 @@ function drawStats() {
   return Promise.all([
     drawImportance(document.getElementById("importance-chart"), document.getElementById("importance-text"),
       state.stats.importance, waiting),
-    drawParcoords(document.getElementById("parcoords-chart"), state.stats.parcoords, waiting),
+    drawParcoordsWhenNear(state.stats.parcoords, waiting),
   ]);
 }
 
@@ -237,9 +305,15 @@ function showStatsError(err) {
   document.getElementById("power-sentence").textContent = `Statistics could not be computed: ${err.message}`;
 }
 
+// Redrawn only when an answer changed: the parallel coordinates are WebGL, costly to draw again.
+const statsOf = () => JSON.stringify([state.stats.key, state.stats.verdicts, state.stats.importance, state.stats.parcoords]);
 const refreshStats = throttle(async () => {
   fillMetricSelect();
-  try { await loadStats(); await drawStats(); drawTable(); } catch (err) { showStatsError(err); }
+  try {
+    const before = statsOf();
+    await loadStats();
+    if (statsOf() !== before) { await drawStats(); drawTable(); }
+  } catch (err) { showStatsError(err); }
 }, 3000);
 
 function wireStats() {
@@ -260,7 +334,7 @@ function wireStats() {
     state.stats.detect = null;
     detect.unit();
     try {
-      await loadStats();
+      await Promise.all([loadStats(), plotlyReady()]); // wired before Plotly is there
       state.stats.detect = detect.start(state.stats.verdicts.power.detectable_difference);
       if (state.stats.detect !== null) state.stats.verdicts = (await askVerdicts(state.stats.detect)) ?? state.stats.verdicts;
       await drawStats();
@@ -270,20 +344,32 @@ function wireStats() {
   return detect;
 }
 
-// The first statistics: read, then asked again with a starting difference (half the detectable one).
-async function firstStats(loading, detect) {
+// The first statistics: read, then asked again with a starting difference (half the detectable one) as
+// soon as the first verdicts come, while Plotly loads and the curves are drawn. The charts and the
+// verdicts are drawn from the first answers; the answer with the difference only changes the power sentence.
+function firstAnswers(loading, detect) {
+  const withDetect = loading.then(async () => {
+    state.stats.detect = detect.start(state.stats.verdicts.power.detectable_difference);
+    return state.stats.detect === null ? null : askVerdicts(state.stats.detect);
+  });
+  withDetect.catch(() => {}); // reported by firstStats
+  return withDetect;
+}
+async function firstStats(loading, withDetect) {
   try {
     await loading;
-    state.stats.detect = detect.start(state.stats.verdicts.power.detectable_difference);
-    if (state.stats.detect !== null) state.stats.verdicts = (await askVerdicts(state.stats.detect)) ?? state.stats.verdicts;
     await drawStats();
-    drawTable();
+    performance.mark("sweeplab-stats-drawn");
+    if (state.tableVerdicts !== state.stats.verdicts) drawTable(); // the verdicts came after the table was drawn
+    const answer = await withDetect;
+    if (answer) { state.stats.verdicts = answer; drawPower(); }
   } catch (err) { showStatsError(err); }
   document.body.dataset.statsReady = "true";
 }
 
 // ---- table, runs and status ----
 function drawTable() {
+  state.tableVerdicts = state.stats.verdicts;
   drawConfigTable(document.getElementById("config-table"), state.table, {
     verdicts: state.stats.verdicts ? { key: state.stats.verdicts.metric, byConfig: verdictsByConfig(state.stats.verdicts) } : null,
     colourOf, nameOf: (r) => nameOf(r.id), selected: state.selected, showCurves: !meta.auto_replicates,
@@ -293,7 +379,7 @@ function drawTable() {
     onSelect: () => { document.getElementById("compare-selected").disabled = state.selected.size < 1; },
     onCurves: async (id, on) => {
       if (on) { state.loading.add(id); await loadConfigReplicates(id); state.loading.delete(id); }
-      else state.reps.delete(id);
+      else forgetReplicates(id);
       showShownHint();
       drawTable();
       await loadMissingAggregates();
@@ -302,14 +388,22 @@ function drawTable() {
   });
 }
 
-// A big sweep's runs table is filled when opened.
+// A big sweep's runs table is filled when opened, RUN_PAGE rows at a time ("more" adds the next ones).
+const RUN_PAGE = 200;
 async function loadRunRows() {
   const body = document.querySelector("#run-table tbody");
-  const runs = await api(`/api/sweeps/${meta.id}/runs`);
-  body.replaceChildren(...runs.map((r) => el("tr", { "data-run-id": r.id },
+  const more = document.getElementById("more-runs");
+  more.disabled = true;
+  const offset = body.rows.length;
+  const runs = await api(`/api/sweeps/${meta.id}/runs?limit=${RUN_PAGE}&offset=${offset}`);
+  body.append(...runs.map((r) => el("tr", { "data-run-id": r.id },
     el("td", {}, el("a", { href: `/runs/${r.id}` }, r.id)), el("td", {}, r.config_label), el("td", {}, r.seed),
     el("td", {}, el("span", { class: `status ${r.status}`, "data-status": r.status }, statusLabel(r.status))),
     el("td", { class: "epoch" }, `${Math.max(r.last_epoch, 0)}/${r.epochs}`), el("td", {}, `${r.attempt}/${r.max_attempts}`))));
+  const shown = body.rows.length;
+  more.hidden = runs.length < RUN_PAGE || shown >= meta.runs;
+  more.disabled = false;
+  more.textContent = `Show ${Math.min(RUN_PAGE, Math.max(0, meta.runs - shown))} more runs (${shown} of ${meta.runs} shown)`;
   if (state.statuses) showStatuses(state.statuses);
 }
 
@@ -333,6 +427,7 @@ function showCounts(table) {
 function forgetRetried(runId, status) {
   const before = state.statuses[runId] ?? document.querySelector(`#run-table tr[data-run-id="${runId}"] .status`)?.dataset.status;
   if (!isFinal(before) || isFinal(status)) return;
+  reloadDrawn();
   state.lastEpoch.delete(Number(runId));
   for (const runs of state.reps.values()) {
     for (const run of runs) if (String(run.run_id) === runId) for (const s of Object.values(run.series)) { s.epochs = []; s.values = []; }
@@ -357,6 +452,36 @@ function showEpochs(points) {
   }
 }
 
+// The aggregated cells an epochs event carries (`cells`: per config and key, the cells the commits
+// touched, read in the stream's snapshot, later than any answer the page holds): each replaces the
+// page's cell of that epoch, or goes in at its place. True when a drawn config changed.
+function mergeCells(cells) {
+  let drawnChanged = false;
+  for (const [configId, byKey] of Object.entries(cells)) {
+    const series = state.agg.series[configId];
+    if (!series) {
+      if (state.loadingAgg) state.touchedWhileLoading.add(Number(configId));
+      continue;
+    }
+    for (const [key, cell] of Object.entries(byKey)) {
+      if (!state.keys.includes(key)) continue;
+      const col = (series[key] ||= { epochs: [], mean: [], std: [], min: [], max: [], n: [] });
+      cell.epochs.forEach((epoch, j) => {
+        let i = col.epochs.length;
+        while (i > 0 && col.epochs[i - 1] > epoch) i -= 1; // streamed epochs come at or near the end
+        const fresh = !(i > 0 && col.epochs[i - 1] === epoch);
+        const at = fresh ? i : i - 1;
+        for (const name of ["epochs", "mean", "std", "min", "max", "n"]) {
+          const value = name === "epochs" ? epoch : cell[name][j];
+          if (fresh) col[name].splice(at, 0, value); else col[name][at] = value;
+        }
+      });
+    }
+    if (state.shown.has(Number(configId))) drawnChanged = true;
+  }
+  return drawnChanged;
+}
+
 // Records on the page which commits (the sweep's commit sequence) its charts show, for tests and the benchmark.
 const drawn = (cursor) => { document.body.dataset.drawnCursor = Math.max(Number(document.body.dataset.drawnCursor || 0), cursor); };
 const refreshAggregates = throttle(async () => {
@@ -364,14 +489,32 @@ const refreshAggregates = throttle(async () => {
   await drawReplicates();
   drawn(state.agg.cursor);
 }, 250);
-const refreshTable = throttle(async () => { await loadTable(); await Promise.all([drawSweep(), drawTable()]); }, 1500);
+// A retry deletes a run's epochs: cells it no longer reaches would keep its old values, so the drawn
+// configs are read again.
+const reloadDrawn = throttle(async () => {
+  await loadAggregates();
+  await drawReplicates();
+  drawn(state.agg.cursor);
+}, 1000);
+// With the cells in the stream, a redraw needs no request: the curves are the page's own.
+const redrawStreamed = throttle(async () => {
+  const cursor = state.streamed;
+  await drawReplicates();
+  drawn(cursor);
+}, 250);
+const finalsOf = (table) => JSON.stringify(table.configs.map((r) => [r.id, r.final, r.best]));
+const refreshTable = throttle(async () => {
+  const before = state.table && finalsOf(state.table);
+  await loadTable();
+  await Promise.all([finalsOf(state.table) === before ? null : drawSweep(), drawTable()]);
+}, 1500);
 
 function wireControls() {
   for (const radio of document.querySelectorAll('input[name="band"]')) {
     radio.addEventListener("change", () => { state.band = radio.value; drawReplicates(); });
   }
   document.getElementById("show-replicates").addEventListener("change", async (event) => {
-    if (event.target.checked) await loadAllReplicates(); else state.reps = new Map();
+    if (event.target.checked) await loadAllReplicates(); else forgetReplicates();
     await drawReplicates();
     drawTable();
   });
@@ -393,6 +536,7 @@ function wireControls() {
   const runs = document.getElementById("runs-details");
   if (!meta.runs_rendered) {
     runs.addEventListener("toggle", () => { if (runs.open && !runs.dataset.loaded) { runs.dataset.loaded = "1"; loadRunRows(); } });
+    document.getElementById("more-runs").addEventListener("click", () => loadRunRows().catch((err) => showError(err.message)));
   }
   document.getElementById("retry-sweep").addEventListener("click", async (event) => {
     await post(event.target, `/api/sweeps/${meta.id}/retry`);
@@ -406,6 +550,8 @@ async function main() {
     meta.auto_replicates ? loadAllReplicates() : Promise.resolve(null)]);
   const statsLoading = loadStats();
   statsLoading.catch(() => {}); // reported by firstStats
+  const detect = wireStats();
+  const withDetect = firstAnswers(statsLoading, detect);
   await plotlyReady();
   performance.mark("sweeplab-plotly-ready");
   const [, , repCursor] = await loading;
@@ -418,20 +564,28 @@ async function main() {
   performance.mark("sweeplab-sweep-drawn");
   drawTable();
   wireControls();
-  const detect = wireStats();
   drawn(state.agg.cursor);
   markReady();
-  state.stats.first = firstStats(statsLoading, detect);
+  state.stats.first = firstStats(statsLoading, withDetect);
   const start = Math.min(state.agg.cursor, repCursor ?? state.agg.cursor);
   // Every key streams: one the page has no chart for yet gets one (addKeys).
   openStream((cursor) => `/api/sweeps/${meta.id}/stream?cursor=${cursor ?? start}`, {
-    epochs: ({ points }) => {
+    epochs: ({ cursor, points, cells }) => {
       addPoints(state.reps, points, state.keys);
       showEpochs(points);
-      for (const p of points) state.dirty.add(p.config_id);
       if (points.some((p) => !state.keys.includes(p.key) && metric(p.key).curve)) {
+        for (const p of points) state.dirty.add(p.config_id);
         addKeys(points).then(() => drawn(state.agg.cursor)).catch((err) => console.warn(err));
-      } else if (points.some((p) => state.shown.has(p.config_id))) refreshAggregates();
+      } else if (cells) {
+        state.streamed = Math.max(state.streamed, cursor);
+        state.agg.cursor = Math.max(state.agg.cursor, cursor);
+        if (mergeCells(cells) || points.some((p) => state.shown.has(p.config_id) && state.reps.has(p.config_id))) {
+          redrawStreamed();
+        }
+      } else {
+        for (const p of points) state.dirty.add(p.config_id);
+        if (points.some((p) => state.shown.has(p.config_id))) refreshAggregates();
+      }
     },
     status: (statuses) => { // only the runs that changed since the cursor
       const first = state.statuses === null;

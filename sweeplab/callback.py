@@ -39,6 +39,7 @@ from typing import Any
 import keras
 
 from app.machine import machine_facts
+from app.statuses import ExternalEnding
 from sweeplab.bound_run import BoundRun
 from sweeplab.client import DEFAULT_URL
 from sweeplab.delivery import MAX_TRIES, RunHandle, flush, install_sigterm_handler, uploader_for
@@ -175,7 +176,7 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
         reason = f"model.fit raised {kind.__name__}: {exc}" if kind is not None else "model.fit did not finish"
         try:
             uploader = uploader_for(self.url, self.token)
-            uploader.end(handle, "failed", reason[:10_000])
+            uploader.end(handle, ExternalEnding.FAILED, reason[:10_000])
             uploader.flush(handle.last_seq, self.flush_timeout)
         except Exception as error:  # never hide the fit's own exception
             log.warning("sweeplab: could not end the run: %s", error)
@@ -297,7 +298,7 @@ class SweeplabCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras
             return
         try:
             uploader = uploader_for(self.url, self.token)
-            uploader.end(handle, "succeeded")
+            uploader.end(handle, ExternalEnding.SUCCEEDED)
             if not uploader.flush(handle.last_seq, self.flush_timeout):
                 log.warning("sweeplab: %s has not taken this run's epochs yet; still retrying in the background",
                             self.url)

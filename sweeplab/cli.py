@@ -3,8 +3,8 @@
 An error a user can fix (a spec file that is missing, unreadable, not YAML or not a valid spec; a
 server that cannot be reached or refuses the spec; bad settings) is one line on stderr naming the
 file, and line and column for YAML and JSON, never a traceback. Exit status: 0 done, 2 any such
-error (unreachable server included: nothing was submitted), 1 `submit --wait` whose runs did not
-all succeed, 130 interrupted.
+error (unreachable server included: nothing was submitted), 1 `submit --wait` where a run failed or
+was cancelled (pruned runs are an adaptive sweep's intended ending), 130 interrupted.
 
 Every command logs through sweeplab.logs: sweeplab's lines at INFO (SWEEPLAB_LOG_LEVEL), libraries'
 at WARNING unless `--verbose`; `submit --wait` shows its progress bar and nothing else.
@@ -313,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig = add("migrate", help="create or upgrade the database schema")
     mig.set_defaults(func=cmd_migrate)
     submit = add("submit", help="submit a sweep spec file (YAML or JSON; several YAML documents allowed)",
-                 epilog="exit status: 0 submitted (and, with --wait, every run succeeded); 1 with --wait "
-                        "when some run did not succeed; 2 any error, reported in one line: the file "
-                        "(missing, not YAML/JSON, not a valid spec) or the server (unreachable, "
+                 epilog="exit status: 0 submitted (and, with --wait, every run succeeded or was pruned); 1 "
+                        "with --wait when some run failed or was cancelled; 2 any error, reported in one line: "
+                        "the file (missing, not YAML/JSON, not a valid spec) or the server (unreachable, "
                         "refusing); 130 interrupted")
     submit.add_argument("spec")
     submit.add_argument("--wait", action="store_true", help="show progress until the sweeps end")

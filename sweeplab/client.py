@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from app.statuses import ExternalEnding, RunStatus
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -205,7 +207,8 @@ class Client:
         result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/heartbeat")
         return result
 
-    def finish_run(self, run_id: int, status: str = "succeeded", error: str | None = None) -> dict[str, Any]:
+    def finish_run(self, run_id: int, status: str = ExternalEnding.SUCCEEDED,
+                   error: str | None = None) -> dict[str, Any]:
         """End an external run: succeeded, failed or cancelled."""
         result: dict[str, Any] = self._call("POST", f"/api/runs/{run_id}/finish",
                                             json={"status": status, "error": error})
@@ -221,8 +224,10 @@ class Client:
 
     def wait(self, sweep_ids: list[int] | int, poll: float = 2.0, progress: bool = True,
              timeout: float | None = None) -> bool:
-        """Block until no run of the sweeps is queued or running, showing runs done/total,
-        epochs/s and ETA; True if every run succeeded. TimeoutError after TIMEOUT seconds."""
+        """Block until no run of the sweeps is queued or running and no adaptive sweep among them has
+        more to come (a race's next round, a search's next configs), showing runs done/total, epochs/s
+        and ETA; True if every run succeeded or was pruned (an adaptive sweep's intended early stop).
+        TimeoutError after TIMEOUT seconds."""
         ids = [sweep_ids] if isinstance(sweep_ids, int) else list(sweep_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = SweepProgress(enabled=progress)
@@ -230,8 +235,8 @@ class Client:
             while True:  # one request per tick, whatever the number of sweeps and runs
                 total: dict[str, int] = self.progress(ids)["total"]
                 bar.update(total)
-                if total["ended"] == total["runs"]:
-                    return total["succeeded"] == total["runs"]
+                if total["ended"] == total["runs"] and not total.get("more_to_come", False):
+                    return total[RunStatus.SUCCEEDED] + total.get(RunStatus.PRUNED, 0) == total["runs"]
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"sweeps {ids} still have active runs after {timeout} s")
                 time.sleep(poll)
@@ -264,7 +269,7 @@ class SweepProgress:
         elapsed, trained = now - self.start[0], t["epochs_done"] - self.start[1]
         rate = trained / elapsed if elapsed > 0 and trained > 0 else 0.0
         eta = tqdm.format_interval(t["epochs_left"] / rate) if rate > 0 else "?"
-        postfix = f"{rate:.1f} epochs/s, ETA {eta}, {t['running']} running, {t['failed']} failed"
+        postfix = f"{rate:.1f} epochs/s, ETA {eta}, {t[RunStatus.RUNNING]} running, {t[RunStatus.FAILED]} failed"
         self.bar.total, self.bar.n = t["runs"], t["ended"]
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.refresh()

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from app.statuses import ExternalEnding
 from sweeplab.client import Client, ClientError
 
 log = logging.getLogger("sweeplab.callback")
@@ -141,7 +142,7 @@ class Uploader:
         with self.cond:
             unfinished = list(self.watched)
         for handle in unfinished:
-            self.end(handle, "failed", error)
+            self.end(handle, ExternalEnding.FAILED, error)
 
     def _ensure_thread(self) -> None:  # holding self.cond
         if self.thread is None or not self.thread.is_alive():
@@ -314,7 +315,7 @@ def _end_runs_now(reason: str) -> None:
         h.ended = True
         if h.run_id is None or h.refused or h.gone:
             continue
-        status = "cancelled" if h.cancel_requested else "failed"
+        status = ExternalEnding.CANCELLED if h.cancel_requested else ExternalEnding.FAILED
         try:
             with Client(u.client.url, token=u.token, timeout=SIGNAL_TIMEOUT) as client:
                 client.finish_run(h.run_id, status, reason)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from app.metrics import keras_key
+from app.statuses import ExternalEnding, RunStatus
 
 EVENT_MARK = "tfevents"
 SPLITS = {"train": False, "validation": True}  # Keras' sub-folders; True: validation
@@ -216,7 +217,7 @@ def import_runs(client: Any, reads: list[ReadRun], sweep: str, study: str | None
         run = client.create_external_run(sweep, read.config, read.seed, study=study, epochs=last,
                                          client_token=client_token(sweep, study, read.run), host=HOST)
         summary.sweep_id = run["sweep_id"]
-        if run["status"] != "running":
+        if run["status"] != RunStatus.RUNNING:
             summary.skipped.append(f"{read.run.relpath}: already imported (run {run['id']}, {run['status']})")
             tick(0)
             continue
@@ -227,7 +228,7 @@ def import_runs(client: Any, reads: list[ReadRun], sweep: str, study: str | None
         for epoch, metrics in read.epochs.items():
             for body in _posts(metrics):
                 client.log_epoch(run["id"], epoch, body)
-        client.finish_run(run["id"], "succeeded")
+        client.finish_run(run["id"], ExternalEnding.SUCCEEDED)
         summary.epochs += len(read.epochs)
         tick(len(read.epochs))
     return summary

@@ -4,7 +4,9 @@ SWEEPLAB_TEST_DATABASE_URL is set), settings, a small generated dataset, live se
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,12 +49,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _fresh_pg_database(base_url: str) -> str:
+def _fresh_pg_database(base_url: str, template: str | None = None) -> str:
+    """A new database on BASE_URL's server: empty, or a copy of the database named TEMPLATE."""
     url = make_url(base_url)
     name = f"sweeplab_t_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
 
@@ -65,16 +68,39 @@ def _drop_pg_database(db_url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """An empty database of its own for each test."""
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database that `migrate` brought to head once per session: a test that asks for `engine`
+    gets a copy of it (a PostgreSQL template, a SQLite file) instead of running every migration."""
     if PG_URL:
         url = _fresh_pg_database(PG_URL)
+        migrate(url)  # disposes its engine: CREATE DATABASE ... TEMPLATE needs no one connected
+        yield make_url(url).database or ""
+        _drop_pg_database(url)
+    else:
+        path = tmp_path_factory.mktemp("template") / "head.db"
+        migrate(f"sqlite:///{path}")
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file itself, none in a -wal
+        con.close()
+        yield str(path)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of its own for each test: empty, or already at head when the test asks for
+    `engine` (whose `migrate` then finds nothing to do)."""
+    template = request.getfixturevalue("migrated_template") if "engine" in request.fixturenames else None
+    if PG_URL:
+        url = _fresh_pg_database(PG_URL, template)
         yield url
         dispose_engines()
         _drop_pg_database(url)
     else:
-        yield f"sqlite:///{tmp_path / 'sweeplab.db'}"
+        path = tmp_path / "sweeplab.db"
+        if template:
+            shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
         dispose_engines()
 
 
@@ -83,6 +109,8 @@ def make_settings(database_url: str, data_dir: Path, artifacts_dir: Path, **over
         "database_url": database_url, "data_dir": data_dir, "artifacts_dir": artifacts_dir,
         "lease_seconds": 5.0, "heartbeat_seconds": 1.0, "reap_seconds": 1.0, "poll_seconds": 0.1,
         "trainer": "fake", "pack_size": 4,
+        "preload_statistics": False,  # 1-3 s of CPU per server start; tests/integration/test_preload.py turns it on
+        "warm_up_sweeps": 0,  # background reads at start; tests/integration/test_warmup.py turns it on
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -120,6 +148,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether anything accepts connections on this port of 127.0.0.1."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def healthy(port: int) -> bool:
     """Whether a sweeplab server on this port answers /api/health with 200."""
     try:
@@ -147,11 +184,13 @@ class LiveServer:
                                      env=settings_env(self.settings, **self.env), stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if healthy(self.port):
+            # A bare connect until the port listens (an HTTP client costs ~30 ms of CPU to build,
+            # taken from the server starting on the other core), then the health check.
+            if listening(self.port) and healthy(self.port):
                 return self
             if self.proc.poll() is not None:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
     def stop(self, sig: int = 15) -> None:

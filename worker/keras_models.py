@@ -6,6 +6,9 @@ Imports TensorFlow/Keras: only the worker's training code imports this module, a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -86,17 +89,18 @@ def keras_loss(spec: TrainSpec) -> str:
     return "mse" if spec.loss == "mse" else "sparse_categorical_crossentropy"
 
 
-def compile_as_spec(model: keras.Model, spec: TrainSpec) -> None:
-    """The spec's optimizer and loss, and the catalogue's accuracy (Keras names it as we do)."""
-    model.compile(optimizer=build_optimizer(spec), loss=keras_loss(spec), metrics=[ACCURACY])
+def compile_as_spec(model: keras.Model, spec: TrainSpec, metrics: Sequence[Any] = (ACCURACY,)) -> None:
+    """The spec's optimizer and loss, and METRICS (the catalogue's accuracy unless a trainer measures
+    more: Keras names each as the catalogue does)."""
+    model.compile(optimizer=build_optimizer(spec), loss=keras_loss(spec), metrics=list(metrics))
 
 
 def compiled_model(spec: TrainSpec, seed: int, input_shape: tuple[int, ...] = MNIST_SHAPE,
-                   classes: int = MNIST_CLASSES) -> keras.Sequential:
+                   classes: int = MNIST_CLASSES, metrics: Sequence[Any] = (ACCURACY,)) -> keras.Sequential:
     """A fresh model whose initial weights come from `keras.utils.set_random_seed(seed)`."""
     keras.utils.set_random_seed(seed)
     model = build_model(spec, input_shape, classes)
-    compile_as_spec(model, spec)
+    compile_as_spec(model, spec, metrics)
     return model
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -41,13 +42,94 @@ from worker.trainer import EpochMetrics, PreparedData, State, epoch_order, repli
 T = TypeVar("T")
 STEPS_PER_CALL = 128  # training steps per compiled call; should_stop is checked between calls
 EVAL_CHUNK = 10_000  # images per compiled evaluation call
+EAGER_PREDICT_ROWS = 1024  # predictions on at most this many images run eagerly (no compile for them)
+# A CPU thread's replicates train in blocks whose weights, gradients and optimizer slots fit in this
+# many bytes, one block after another: the step's traffic stays in cache (2-core EPYC, 32 MiB L3, one
+# thread, 10 replicates of width 256 with Adam: 6.8 ms a step as one block of 10 (32 MB), 5.0 ms as
+# five blocks of 2; width 128: 2.60 vs 2.29 ms; width 32 (4 MB) stays one block).
+CACHE_BLOCK_BYTES = 8 << 20
+
+
+def accelerators() -> list[str]:
+    """The GPUs TensorFlow sees, by logical device name ("/device:GPU:0", ...)."""
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
+
+
+def pack_devices() -> list[str | None]:
+    """Where a trainer's packs run, one pack per entry: one per GPU (every replicate of a GPU's pack
+    on that device), else one per CPU thread TensorFlow was given (SWEEPLAB_TF_THREADS; unset: one
+    per core this process may use), None meaning TensorFlow's default device. XLA runs one pack's
+    loop on one core, so more packs than threads would only take turns."""
+    gpus = accelerators()
+    if gpus:
+        return list(gpus)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    return [None] * max(1, min(cores, threads) if threads else cores)
 
 
 def pack_count() -> int:
-    """How many packs to train side by side: one per CPU core this process may use (one on a GPU)."""
-    if tf.config.list_physical_devices("GPU"):
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """How many packs to train side by side (pack_devices)."""
+    return len(pack_devices())
+
+
+def encode_rows(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Images (N, ...) as float32 as the packed loops store them: flat rows of the exact uint8 bytes
+    when every value is a uint8 divided by 255 (as PreparedData scales uint8 images), packed into
+    64-bit words when a row's byte count allows (XLA's gather loop costs per element: MNIST's rows
+    become 98 words instead of 784 floats); any other data as flat float32 rows. Checked CHUNK
+    rows at a time (in cache: ~0.3 CPU-s for MNIST's training set, once per worker)."""
+    flat = np.ascontiguousarray(np.asarray(x, np.float32).reshape(len(x), -1))
+    as_bytes = np.empty(flat.shape, np.uint8)
+    for start in range(0, len(flat), chunk):
+        rows = flat[start:start + chunk]
+        scaled = rows * np.float32(255)
+        if not (np.all(scaled >= 0) and np.all(scaled <= 255)):  # NaN fails too
+            return flat
+        np.rint(scaled, out=scaled)
+        as_bytes[start:start + chunk] = scaled
+        if not np.array_equal(as_bytes[start:start + chunk].astype(np.float32) / np.float32(255), rows):
+            return flat
+    if flat.size and flat.shape[1] % 8 == 0:
+        words: np.ndarray = as_bytes.view(np.uint64)  # C-contiguous rows: each row's 8-byte words
+        return words
+    return as_bytes if flat.size else flat
+
+
+def decode_rows(x: tf.Tensor, features: int) -> tf.Tensor:
+    """Rows as encode_rows stored them, back to float32 (..., features), bit for bit the prepared
+    data's float32(byte) / 255 (numpy's correctly rounded division). XLA turns a division by a
+    constant into a product with its float32 reciprocal (1 ulp off for some bytes), so the quotient
+    is taken in float64 and rounded once to float32: its error (~2^-52) is far below the distance of
+    any byte / 255 from a float32 rounding boundary (>= 2^-33: b / 255 is never a midpoint), so the
+    rounding is the correct one (the tests check all 256 bytes)."""
+    if x.dtype == tf.float32:
+        return x
+    if x.dtype == tf.uint64:
+        x = tf.reshape(tf.bitcast(x, tf.uint8), [*x.shape[:-1], features])
+    return tf.cast(tf.cast(x, tf.float64) * (1.0 / 255.0), tf.float32)
+
+
+_inputs_held: dict[tuple[int, str | None], tuple[PreparedData, tuple[tf.Tensor, ...]]] = {}
+_inputs_lock = threading.Lock()
+
+
+def device_inputs(data: PreparedData, device: str | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """DATA's x_train, y_train, x_test, y_test as tensors on DEVICE (encode_rows' form), made once
+    per prepared dataset and device and shared by every pack: converting MNIST took ~0.7 CPU-s a
+    pack. Only the latest dataset's tensors are held."""
+    key = (id(data), device)
+    with _inputs_lock:
+        held = _inputs_held.get(key)
+        if held is None or held[0] is not data:
+            for old in [k for k, (d, _) in _inputs_held.items() if d is not data]:
+                del _inputs_held[old]
+            with tf.device(device):
+                tensors = (tf.constant(encode_rows(data.x_train)), tf.constant(data.y_train, tf.int32),
+                           tf.constant(encode_rows(data.x_test)), tf.constant(data.y_test, tf.int32))
+            _inputs_held[key] = held = (data, tensors)
+    x_train, y_train, x_test, y_test = held[1]
+    return x_train, y_train, x_test, y_test
 
 
 def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -119,7 +201,8 @@ class _Program:
         return {"sgd": [], "adam": ["momentum", "velocity"], "rmsprop": ["velocity"]}[self.opt_name]
 
     def forward(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The output layer's pre-activation (R, B, 10)."""
+        """The output layer's pre-activation (R, B, 10); x as stored (encode_rows)."""
+        x = decode_rows(x, weights[0].shape[1])
         for j in range(0, len(weights) - 2, 2):
             x = self.hidden_activation(dense(x, weights[j], weights[j + 1]))
         return dense(x, weights[-2], weights[-1])
@@ -196,6 +279,14 @@ class _Program:
         mask = tf.cast(tf.range(y.shape[0]) < valid, tf.float32)
         return tf.reduce_sum(loss * mask, axis=1), tf.reduce_sum(correct * mask, axis=1)
 
+    def outputs(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """Every replicate's outputs (R, C, classes) for float32 rows x (C, features)."""
+        return self.output_activation(self.forward(weights, x))
+
+    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
+    def outputs_chunk(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        return self.outputs(weights, x)
+
 
 @functools.lru_cache(maxsize=16)
 def _program(key: str) -> _Program:
@@ -212,7 +303,17 @@ class _Pack:
     """Some replicates' weights as one PackedMLP, their optimizer state, shuffle seeds and learning rates."""
 
     def __init__(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State],
-                 inputs: int = 784, classes: int = 10, rates: list[float] | None = None):
+                 inputs: int = 784, classes: int = 10, rates: list[float] | None = None,
+                 device: str | None = None):
+        with tf.device(device):
+            self._build(spec, members, seeds, states, inputs, classes, rates)
+        self.device = device
+        self.lane = 0  # the trainer's thread that runs it (PackedTrainer._each)
+        # Outputs of every replicate per input array (predict), until the weights change.
+        self.outputs: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _build(self, spec: TrainSpec, members: list[int], seeds: list[int], states: list[State],
+               inputs: int, classes: int, rates: list[float] | None) -> None:
         self.spec, self.r = spec, len(states)
         self.members = members  # the replicate at each position (dropped ones stay until a rebuild)
         self.seeds = seeds
@@ -255,11 +356,13 @@ class _Pack:
         if n_steps < k_max:  # the same shapes every call: one compile
             idx = np.pad(idx, ((0, k_max - n_steps), (0, 0), (0, 0)))
             sizes = np.pad(sizes, (0, k_max - n_steps), constant_values=1)
-        weights, self.slots, self.step, loss, correct = self.program.train_steps(
-            self.weights(), self.slots, self.step, self.rates, x, y, tf.constant(idx), tf.constant(sizes),
-            tf.constant(n_steps))
-        for var, w in zip(self.variables, weights, strict=True):
-            var.assign(w)
+        self.outputs.clear()
+        with tf.device(self.device):
+            weights, self.slots, self.step, loss, correct = self.program.train_steps(
+                self.weights(), self.slots, self.step, self.rates, x, y, tf.constant(idx), tf.constant(sizes),
+                tf.constant(n_steps))
+            for var, w in zip(self.variables, weights, strict=True):
+                var.assign(w)
         self.has_opt_state = True
         return loss.numpy(), correct.numpy()
 
@@ -273,10 +376,36 @@ class _Pack:
             if valid < chunk:
                 xs = tf.pad(xs, [[0, chunk - valid], [0, 0]])
                 ys = tf.pad(ys, [[0, chunk - valid]])
-            chunk_loss, chunk_correct = self.program.eval_chunk(self.weights(), xs, ys, tf.constant(valid))
+            with tf.device(self.device):
+                chunk_loss, chunk_correct = self.program.eval_chunk(self.weights(), xs, ys, tf.constant(valid))
             loss += chunk_loss.numpy()
             correct += chunk_correct.numpy()
         return loss / n, correct / n
+
+    def predict(self, x: np.ndarray, chunk: int) -> np.ndarray:
+        """Every replicate's outputs (R, N, classes) for prepared inputs x, computed once per input
+        array until the weights change (the runner asks for each run of a pack in turn: a confusion
+        matrix per run used to forward every replicate of the pack again). X is held with its
+        outputs, so its memory cannot be reused for another array while cached."""
+        x = np.asarray(x)
+        key = (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+        held = self.outputs.get(key)
+        if held is not None and held[0] is x:
+            return held[1]
+        flat = np.asarray(x, np.float32).reshape(len(x), -1)
+        with tf.device(self.device):
+            if len(flat) <= EAGER_PREDICT_ROWS:  # a few images: eagerly, no compile
+                out = np.asarray(self.program.outputs(self.weights(), tf.constant(flat)))
+            else:  # one compile per pack shape: chunks padded to CHUNK rows
+                parts = []
+                for start in range(0, len(flat), chunk):
+                    rows = flat[start:start + chunk]
+                    padded = np.pad(rows, ((0, chunk - len(rows)), (0, 0)))
+                    parts.append(np.asarray(self.program.outputs_chunk(self.weights(), tf.constant(padded)))
+                                 [:, :len(rows)])
+                out = np.concatenate(parts, axis=1)
+        self.outputs[key] = (x, out)
+        return out
 
     def state(self, pos: int) -> State:
         out = {f"w/{j}": np.array(var.numpy()[pos]) for j, var in enumerate(self.variables)}
@@ -290,9 +419,9 @@ class _Pack:
 
 class PackedTrainer:
     """Replicates of one config, or of configs that differ only in learning rate and epochs, as
-    packed Keras models (see the module docstring): one pack per CPU core, trained in parallel
-    threads (XLA runs each pack's loop on one core). LEARNING_RATES: one per replicate, or None
-    for the spec's."""
+    packed Keras models (see the module docstring): one pack per CPU thread (XLA runs each pack's
+    loop on one core) or per GPU (pack_devices), trained in parallel threads. LEARNING_RATES: one
+    per replicate, or None for the spec's."""
 
     def __init__(self, spec: TrainSpec, seeds: list[int], data: PreparedData, states: list[State | None],
                  learning_rates: list[float] | None = None):
@@ -302,19 +431,40 @@ class PackedTrainer:
         self.input_shape, self.classes = data.input_shape, data.classes
         full = [s if s is not None else fresh_state(spec, seed, self.input_shape, self.classes)
                 for seed, s in zip(seeds, states, strict=True)]
-        self.x_train = tf.constant(data.x_train.reshape(len(data.x_train), -1), tf.float32)
-        self.y_train = tf.constant(data.y_train, tf.int32)
-        self.x_test = tf.constant(data.x_test.reshape(len(data.x_test), -1), tf.float32)
-        self.y_test = tf.constant(data.y_test, tf.int32)
+        self.data = data
+        self.n_train = len(data.x_train)
+        self._saver: keras.Model | None = None  # save_keras' model
         # One chunk shape for both splits: one compile of the evaluation function.
         self.chunk = min(EVAL_CHUNK, max(len(data.x_train), len(data.x_test)))
         self.active = list(range(len(seeds)))  # replicates still trained
-        groups = np.array_split(np.arange(len(seeds)), min(pack_count(), len(seeds)))
-        self.packs = [self._pack([int(i) for i in g], [full[i] for i in g]) for g in groups]
+        devices = pack_devices()
+        lanes = np.array_split(np.arange(len(seeds)), min(pack_count(), len(seeds)))
+        self.packs = []  # in replicate order; each pack runs in its lane's thread, a lane's packs in turn
+        for lane, members in enumerate(lanes):
+            device = devices[lane % len(devices)]
+            for block in self._blocks([int(i) for i in members], full[0], device):
+                self.packs.append(self._pack(block, [full[i] for i in block], device, lane))
 
-    def _pack(self, members: list[int], states: list[State]) -> _Pack:
-        return _Pack(self.spec, members, [self.seeds[i] for i in members], states,
-                     math.prod(self.input_shape), self.classes, [self.rates[i] for i in members])
+    def _blocks(self, members: list[int], state: State, device: str | None) -> list[list[int]]:
+        """A CPU lane's replicates in blocks of at most CACHE_BLOCK_BYTES of weights, gradients and
+        optimizer slots (equal sizes where they can be: one compile); a GPU's stay one pack."""
+        if device is not None and "GPU" in device.upper():
+            return [members]
+        arrays = 2 + len(program_for(self.spec).slot_names())  # weights, gradients, slots
+        per_replicate = arrays * 4 * sum(int(v.size) for k, v in state.items() if k.startswith("w/"))
+        size = max(1, CACHE_BLOCK_BYTES // per_replicate)
+        return [[int(i) for i in block] for block in np.array_split(members, math.ceil(len(members) / size))]
+
+    def _pack(self, members: list[int], states: list[State], device: str | None, lane: int) -> _Pack:
+        pack = _Pack(self.spec, members, [self.seeds[i] for i in members], states,
+                     math.prod(self.input_shape), self.classes, [self.rates[i] for i in members], device)
+        pack.lane = lane
+        return pack
+
+    def _split(self, pack: _Pack, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+        """The pack's inputs and labels of SPLIT ("train" or "test"), on its device."""
+        x_train, y_train, x_test, y_test = device_inputs(self.data, pack.device)
+        return (x_train, y_train) if split == "train" else (x_test, y_test)
 
     def _locate(self, replicate: int) -> tuple[_Pack, int]:
         for pack in self.packs:
@@ -323,11 +473,22 @@ class PackedTrainer:
         raise KeyError(f"replicate {replicate} is not in this trainer")
 
     def _each(self, fn: Callable[[_Pack], T]) -> list[T]:
-        """fn on every pack, packs in parallel threads (TensorFlow releases the GIL while it runs)."""
-        if len(self.packs) == 1:
-            return [fn(self.packs[0])]
-        with ThreadPoolExecutor(len(self.packs)) as pool:
-            return list(pool.map(fn, self.packs))
+        """fn on every pack, in pack order: each lane's packs one after another, lanes in parallel
+        threads (TensorFlow releases the GIL while it runs)."""
+        lanes: dict[int, list[int]] = {}
+        for k, pack in enumerate(self.packs):
+            lanes.setdefault(pack.lane, []).append(k)
+        if len(lanes) == 1:
+            return [fn(p) for p in self.packs]
+        out: dict[int, T] = {}
+
+        def run(ks: list[int]) -> None:
+            for k in ks:
+                out[k] = fn(self.packs[k])
+
+        with ThreadPoolExecutor(len(lanes)) as pool:
+            list(pool.map(run, lanes.values()))  # list(): a lane's exception is raised here
+        return [out[k] for k in range(len(self.packs))]
 
     def _rebuild_sparse_packs(self) -> None:
         # Dropped replicates keep computing (harmlessly: nothing crosses replicates) until at most
@@ -336,7 +497,7 @@ class PackedTrainer:
         for pack in self.packs:
             live = [i for i in pack.members if i in self.active]
             if live and len(live) <= pack.r // 2:
-                pack = self._pack(live, [pack.state(pack.members.index(i)) for i in live])
+                pack = self._pack(live, [pack.state(pack.members.index(i)) for i in live], pack.device, pack.lane)
             if live:
                 packs.append(pack)
         self.packs = packs
@@ -351,13 +512,15 @@ class PackedTrainer:
                               VAL_LOSS: float(val_loss[p]), VAL_ACCURACY: float(val_acc[p])}
         return out
 
+    def _evaluate(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._each(lambda p: p.evaluate(*self._split(p, split), self.chunk))
+
     def evaluate(self) -> dict[int, EpochMetrics]:
-        train = self._each(lambda p: p.evaluate(self.x_train, self.y_train, self.chunk))
-        return self._metrics(train, self._each(lambda p: p.evaluate(self.x_test, self.y_test, self.chunk)))
+        return self._metrics(self._evaluate("train"), self._evaluate("test"))
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
         self._rebuild_sparse_packs()
-        n, batch = int(self.x_train.shape[0]), self.spec.batch_size
+        n, batch = self.n_train, self.spec.batch_size
         plans = {id(p): p.epoch_batches(epoch, n, batch) for p in self.packs}
         steps = math.ceil(n / batch)
         k_max = min(STEPS_PER_CALL, steps)
@@ -368,14 +531,14 @@ class PackedTrainer:
 
             def run(p: _Pack, start: int = start) -> tuple[np.ndarray, np.ndarray]:
                 idx, sizes = plans[id(p)]
-                return p.train_chunk(self.x_train, self.y_train, idx[start:start + k_max],
+                return p.train_chunk(*self._split(p, "train"), idx[start:start + k_max],
                                      sizes[start:start + k_max], k_max)
 
             for p, (loss, correct) in zip(self.packs, self._each(run), strict=True):
                 sums[id(p)][0][:] += loss
                 sums[id(p)][1][:] += correct
         train = [(sums[id(p)][0] / np.float32(n), sums[id(p)][1] / np.float32(n)) for p in self.packs]
-        return self._metrics(train, self._each(lambda p: p.evaluate(self.x_test, self.y_test, self.chunk)))
+        return self._metrics(train, self._evaluate("test"))
 
     def state(self, replicate: int) -> State:
         pack, pos = self._locate(replicate)
@@ -386,13 +549,20 @@ class PackedTrainer:
             self.active.remove(replicate)
 
     def predict(self, replicate: int, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, self.classes), np.float32)
         pack, pos = self._locate(replicate)
-        flat = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
-        outs = [np.asarray(pack.model(flat[s:s + self.chunk])[pos])
-                for s in range(0, len(x), self.chunk)]
-        return np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
+        return np.array(pack.predict(x, self.chunk)[pos])
 
     def save_keras(self, replicate: int, path: str) -> None:
-        model = compiled_model(self.specs[replicate], self.seeds[replicate], self.input_shape, self.classes)
-        set_state(model, self.state(replicate))
+        """The replicate as its own compiled Keras model. One model serves every replicate that has
+        optimizer state (all its variables are set, the learning rate too): building and compiling
+        one took about half of a save."""
+        state = self.state(replicate)
+        model = self._saver if "opt/iteration" in state else None
+        if model is None:
+            model = compiled_model(self.specs[replicate], self.seeds[replicate], self.input_shape, self.classes)
+            self._saver = model if "opt/iteration" in state else None
+        model.optimizer.learning_rate.assign(self.rates[replicate])
+        set_state(model, state)
         model.save(path)

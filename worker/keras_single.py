@@ -11,14 +11,21 @@ from typing import Any
 import keras
 import numpy as np
 
-from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
+from app.metrics import ACCURACY, VALIDATION_PREFIX
 from app.spec import TrainSpec
 from worker.builders import build_user_model
 from worker.keras_models import compile_as_spec, compiled_model, get_state, model_input_shape, set_state
-from worker.trainer import METRIC_KEYS, EpochMetrics, PreparedData, State, epoch_order, replicate_specs
+from worker.trainer import EpochMetrics, PreparedData, State, epoch_order, replicate_specs
 
 STOP_CHECK_EVERY = 20  # batches between looks at the stop flag
 EVAL_BATCH = 1024
+
+
+def measured(spec: TrainSpec) -> list[Any]:
+    """The metrics each model is compiled with, fresh objects per model (Keras' metrics keep state).
+    Keras names them, and their `val_` twins, by the catalogue's keys (app/metrics.py): what a model
+    is compiled to measure is what `evaluate` and `train_epoch` report."""
+    return [ACCURACY]
 
 
 class _StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
@@ -36,13 +43,13 @@ class _StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
 def _compiled_builder_model(spec: TrainSpec, seed: int, data: PreparedData, shape: tuple[int, ...],
                             code_dir: Path | None) -> keras.Model:
     """A builder's model, compiled: as the builder compiled it (its optimizer and loss; the metric
-    recompiled to the catalogue's accuracy), or with the spec's optimizer, loss and metric."""
+    recompiled to the trainer's metrics), or with the spec's optimizer, loss and the trainer's metrics."""
     sample = data.x_train[:2].reshape((-1, *shape))
     model = build_user_model(spec, seed, shape, data.classes, code_dir, sample)
     if getattr(model, "compiled", False) and model.optimizer is not None:
-        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[ACCURACY])
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=measured(spec))
     else:
-        compile_as_spec(model, spec)
+        compile_as_spec(model, spec, measured(spec))
     return model
 
 
@@ -63,7 +70,7 @@ class SingleTrainer:
             if self.builder:
                 model = _compiled_builder_model(own, seed, data, self.shape, code_dir)
             else:
-                model = compiled_model(own, seed, data.input_shape, data.classes)
+                model = compiled_model(own, seed, data.input_shape, data.classes, measured(own))
             if state is not None:  # else the model keeps the initial weights its seed gave it
                 set_state(model, state, any_optimizer=self.builder)
             self.models[i] = model
@@ -77,9 +84,10 @@ class SingleTrainer:
     def evaluate(self) -> dict[int, EpochMetrics]:
         out = {}
         for i, model in self.models.items():
-            loss, acc = model.evaluate(self.x_train, self.y_train, batch_size=EVAL_BATCH, verbose=0)
-            val_loss, val_acc = model.evaluate(self.x_test, self.y_test, batch_size=EVAL_BATCH, verbose=0)
-            out[i] = {LOSS: loss, ACCURACY: acc, VAL_LOSS: val_loss, VAL_ACCURACY: val_acc}
+            train = model.evaluate(self.x_train, self.y_train, batch_size=EVAL_BATCH, verbose=0, return_dict=True)
+            test = model.evaluate(self.x_test, self.y_test, batch_size=EVAL_BATCH, verbose=0, return_dict=True)
+            out[i] = {**{k: float(v) for k, v in train.items()},
+                      **{VALIDATION_PREFIX + k: float(v) for k, v in test.items()}}
         return out
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool]) -> dict[int, EpochMetrics] | None:
@@ -94,8 +102,8 @@ class SingleTrainer:
             )
             if stopper.stopped:
                 return None
-            h = hist.history  # Keras names its history as the catalogue names the keys
-            out[i] = {k: float(h[k][-1]) for k in METRIC_KEYS}
+            # Keras names its history as the catalogue names the keys: loss, each compiled metric, their val_ twins
+            out[i] = {k: float(v[-1]) for k, v in hist.history.items()}
         return out
 
     def state(self, replicate: int) -> State:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import enum
 import json
 import logging
 import os
@@ -44,11 +45,11 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.external import EpochCreate
 from app.config import Settings
 from app.metrics import EPOCH_SECONDS
 from app.models import RunStatus
 from app.retry import DatabaseUnavailable, retry_transient
+from app.schemas import EpochCreate
 from app.services.queue import (
     Claim,
     WriteOutcome,
@@ -88,6 +89,15 @@ ERROR_TAIL_CHARS = 2000  # ... at most this long
 READ_BYTES = 65_536
 WAIT_SECONDS = 0.2  # how often the runner looks at the process, the lease and cancel
 READER_JOIN_SECONDS = 5.0
+
+
+class StopReason(enum.StrEnum):
+    """Why the worker stops a program's process (its output and log say so): a reason, not a run status."""
+
+    LEASE_LOST = "lease lost"
+    DATABASE_DOWN = "database unavailable"
+    CANCELLED = RunStatus.CANCELLED.value  # cancel was asked: the run ends cancelled
+    SHUTDOWN = "worker stopping"
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 
 
@@ -265,7 +275,7 @@ class ProgramRunner:
         self._cancelled = False  # an epoch's write answered that cancel was asked
         self._lost = False  # a write was refused: the run is no longer ours
         self._database_down = False
-        self._stopping: str | None = None  # why the process is being stopped
+        self._stopping: StopReason | None = None  # why the process is being stopped
         self._failure: str | None = None  # why it could not start
 
     # ---- the run as a whole
@@ -374,7 +384,7 @@ class ProgramRunner:
                     self._stopping = reason
                 self.output.note(f"stopping the program: {reason}")
                 log.info("run %d: stopping program %s (%s)", self.claim.run_id, self.name, reason)
-                self._stop(proc, graceful=reason in ("cancelled", "worker stopping"))
+                self._stop(proc, graceful=reason in (StopReason.CANCELLED, StopReason.SHUTDOWN))
                 return
             if time.monotonic() >= next_save:
                 next_save = time.monotonic() + self.settings.heartbeat_seconds
@@ -382,7 +392,7 @@ class ProgramRunner:
                     saved = self.output.version
                     self._save_output()
 
-    def _stop_reason(self) -> str | None:
+    def _stop_reason(self) -> StopReason | None:
         run_id = self.claim.run_id
         with self.beat.lock:
             lost, cancelled = run_id in self.beat.lost, run_id in self.beat.cancelled
@@ -390,13 +400,13 @@ class ProgramRunner:
             lost, cancelled = lost or self._lost, cancelled or self._cancelled
             database_down = self._database_down
         if lost:
-            return "lease lost"
+            return StopReason.LEASE_LOST
         if database_down:
-            return "database unavailable"
+            return StopReason.DATABASE_DOWN
         if cancelled:
-            return "cancelled"
+            return StopReason.CANCELLED
         if self.shutdown.is_set():
-            return "worker stopping"
+            return StopReason.SHUTDOWN
         return None
 
     def _stop(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
@@ -414,9 +424,10 @@ class ProgramRunner:
 
     def _settle(self, returncode: int | None) -> None:
         claim, stopping = self.claim, self._stopping
-        if stopping is None and self._stop_reason() in ("lease lost", "database unavailable", "cancelled"):
+        if stopping is None and self._stop_reason() in (StopReason.LEASE_LOST, StopReason.DATABASE_DOWN,
+                                                      StopReason.CANCELLED):
             stopping = self._stop_reason()  # it exited by itself, told to stop through its channel
-        if stopping == "lease lost":
+        if stopping is StopReason.LEASE_LOST:
             log.warning("run %d: lease lost; program stopped, nothing more written", claim.run_id)
             return
         if returncode is not None:
@@ -425,12 +436,12 @@ class ProgramRunner:
         if not self._save_output():
             log.warning("run %d: lease lost; nothing more written", claim.run_id)
             return
-        if stopping == "database unavailable":
+        if stopping is StopReason.DATABASE_DOWN:
             self._give_back()
-        elif stopping == "cancelled":
+        elif stopping is StopReason.CANCELLED:
             self._finish(RunStatus.CANCELLED)
             log.info("run %d cancelled after epoch %d", claim.run_id, max(self.done_epoch, 0))
-        elif stopping == "worker stopping":
+        elif stopping is StopReason.SHUTDOWN:
             self._db("release", partial(release_run, self.engine, claim))
         elif returncode is None:
             self._finish(RunStatus.FAILED, self._failure)

@@ -64,6 +64,25 @@ from worker.trainer import ModelBuildError, PreparedData, State, Trainer, Traine
 
 log = logging.getLogger("sweeplab.worker")
 T = TypeVar("T")
+
+
+class PhaseClock:
+    """Seconds spent per phase of one pack (data, build, evaluate, train, record, settle...), logged
+    in one line when the pack ends: where a pack's wall time goes, measured, not guessed."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+        return now
+
+    def line(self) -> str:
+        total = time.perf_counter() - self.started
+        parts = " ".join(f"{k}={v:.2f}" for k, v in self.seconds.items())
+        return f"{total:.2f}s: {parts} other={total - sum(self.seconds.values()):.2f}"
 PRUNE_POLL_SECONDS = 0.25  # how often a pack of a pruning sweep looks whether the others reached its epoch
 # (dataset, limits) -> (the loaded data it was prepared from, the prepared data): a changed file is reloaded.
 _prepared: dict[tuple[str, int | None, int | None], tuple[object, PreparedData]] = {}
@@ -111,11 +130,13 @@ class PackRunner:
         self.lease = Lease(settings.lease_seconds, claimed_at)
         self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown, self.lease)
         self.pruning: set[int] | None = None  # the pack's sweeps that prune (app.services.pruning), read once
+        self.clock = PhaseClock()
 
     def run(self) -> None:
         self.beat.start()  # before data loading and trainer building: the leases run from the claim
         try:
             self._train()
+            log.info("pack of runs %s took %s", sorted(self.claims), self.clock.line())
         except DatabaseUnavailable as exc:
             log.warning("runs %s: %s; giving them back to the queue", sorted(self.active), exc)
             self._ending(self._give_back)
@@ -193,14 +214,17 @@ class PackRunner:
         return rates if any(r != float(spec.optimizer.learning_rate or 0) for r in rates) else None
 
     def _train(self) -> None:
+        clock, t = self.clock, time.perf_counter()
         first = next(iter(self.claims.values()))
         spec = TrainSpec.model_validate(first.train)  # the settings the pack shares; rates and epochs per run
         rates = self._learning_rates(spec)
         data = self._data(spec)
+        t = clock.add("data", t)
         states: list[State | None] = []
         for run_id in self.claims:
             found = self._db(f"load checkpoint of run {run_id}", partial(load_checkpoint, self.engine, run_id))
             states.append(load_state(found[1]) if found else None)
+        t = clock.add("checkpoints", t)
         start = first.last_epoch + 1
         if start > 0 and any(s is None for s in states):
             raise RuntimeError(f"no checkpoint to resume epoch {start} from")
@@ -208,14 +232,19 @@ class PackRunner:
         # Rates only when mixed: a factory of one rate (a test's) serves every pack of one config.
         trainer = (self.factory(spec, seeds, data, states) if rates is None
                    else self.factory(spec, seeds, data, states, learning_rates=rates))
+        t = clock.add("build", t)
         self._record_provenance(trainer, spec)
+        t = clock.add("provenance", t)
         if start == 0:
             start = 1
             metrics = trainer.evaluate()
+            t = clock.add("evaluate0", t)
             for run_id in sorted(self.active):
                 i = self.index[run_id]
                 extra = {"outputs_before": outputs(trainer, i, data)}
+                clock.add("outputs", t)
                 self._record(trainer, run_id, 0, metrics[i], 0.0, extra)
+                t = time.perf_counter()
         self._settle_done(trainer, data)
         for epoch in range(start, max(c.epochs for c in self.claims.values()) + 1):
             if not self.active:
@@ -225,11 +254,14 @@ class PackRunner:
             t0 = time.perf_counter()
             results = trainer.train_epoch(epoch, self.beat.should_stop)
             seconds = time.perf_counter() - t0
+            clock.add("train", t0)
             if results is None:
                 break
             for run_id in sorted(self.active):
                 self._record(trainer, run_id, epoch, results[self.index[run_id]], seconds)
+            t = time.perf_counter()
             self._prune(trainer, epoch)
+            clock.add("prune", t)
             self._settle_done(trainer, data)
         self._settle(trainer, data)
 
@@ -278,10 +310,13 @@ class PackRunner:
                 artifacts: dict[str, Artifact] | None = None) -> None:
         claim = self.claims[run_id]
         values = {**metrics, EPOCH_SECONDS: seconds}
+        t = time.perf_counter()
         state = dump_state(trainer.state(self.index[run_id]))
+        t = self.clock.add("checkpoint", t)
         outcome = self._db(f"record epoch {epoch} of run {run_id}", lambda: self.lease.renewing(
             lambda: record_epoch(self.engine, claim, epoch, values, state, self.settings.lease_seconds, seconds,
                                  artifacts)))
+        self.clock.add("record", t)
         if outcome is not WriteOutcome.LOST:
             self.done_epoch[run_id] = epoch
         log.info("run %d epoch %d/%d %s %.2fs", run_id, epoch, claim.epochs,
@@ -311,6 +346,13 @@ class PackRunner:
             self._drop(trainer, run_id)
 
     def _settle_run(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
+        t = time.perf_counter()
+        try:
+            self._settle_one(trainer, run_id, data)
+        finally:
+            self.clock.add("settle", t)
+
+    def _settle_one(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
         claim = self.claims[run_id]
         if run_id in self.beat.lost:
             log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)

@@ -29,10 +29,16 @@ def read_sweep_aggregates(sweep_id: int, engine: EngineDep, keys: list[StoredTex
                     media_type="application/json")
 
 
+MostRuns = Query(charts.RUNS_SHOWN, ge=1, le=charts.MOST_RUNS_SHOWN,
+                 description="at most this many runs (the first by id); the answer says how many there are")
+
+
 @router.get("/sweeps/{sweep_id}/series")
-def read_sweep_series(sweep_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery) -> dict[str, Any]:
-    """Every run's series for KEYS (columnar) and the cursor to stream from."""
-    return charts.sweep_run_series(engine, sweep_id, keys)
+def read_sweep_series(sweep_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery,
+                      max_runs: int = MostRuns) -> dict[str, Any]:
+    """Every run's series for KEYS (columnar), at most MAX_RUNS of them (`runs_total`, `truncated`
+    say what was left out), and the cursor to stream from."""
+    return charts.sweep_run_series(engine, sweep_id, keys, max_runs)
 
 
 @router.get("/sweeps/{sweep_id}/table", response_class=Response, responses=JSON)
@@ -69,10 +75,12 @@ def read_config_aggregates(engine: EngineDep, ids: str = Query(..., examples=["3
 
 
 @router.get("/configs/{config_id}/series")
-def read_config_replicates(config_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery) -> dict[str, Any]:
-    """Every replicate's own curves for one config (loaded when a user asks for single replicates)."""
+def read_config_replicates(config_id: int, engine: EngineDep, keys: list[StoredText] = KeysQuery,
+                           max_runs: int = MostRuns) -> dict[str, Any]:
+    """Every replicate's own curves for one config (loaded when a user asks for single replicates),
+    at most MAX_RUNS of them."""
     charts.config_infos(engine, config_ids=[config_id])
-    return charts.run_series(engine, keys, config_ids=[config_id])
+    return charts.run_series(engine, keys, config_ids=[config_id], max_runs=max_runs)
 
 
 @router.get("/compare")

@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from app.api.deps import EngineDep, Guarded, SettingsDep
 from app.models import RunStatus
-from app.schemas import RunPublic
+from app.schemas import MAX_EPOCH, EpochCreate, RunPublic, StrictInput
 from app.services import external as external_service
+from app.statuses import ExternalEnding
 from app.text import first_unencodable, not_blank
 
 router = APIRouter(tags=["external runs"])
 
-MAX_EPOCH = 100_000
-MAX_KEYS_PER_EPOCH = 64
-MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
-# JSON has no NaN or infinity: a client names them (the spellings of JavaScript and Python's float()).
-NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 MAX_PROVENANCE_KEYS = 50
 MAX_PROVENANCE_CHARS = 1024
 PROVENANCE_KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
@@ -35,10 +31,6 @@ ProvenanceKey = Annotated[str, StringConstraints(min_length=1, max_length=100, p
 # A small flat record of short values (app.services.provenance names the fields a worker records).
 ProvenanceValue = (Annotated[bool, Field(strict=True)] | Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
                    | float | Annotated[str, StringConstraints(max_length=MAX_PROVENANCE_CHARS)] | None)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _storable(value: str | None) -> str | None:
@@ -62,7 +54,7 @@ def _first_nul(value: Any, where: str) -> str | None:
     return None
 
 
-class ExternalRunCreate(_Strict):
+class ExternalRunCreate(StrictInput):
     """A run of CONFIG with SEED in the external sweep named SWEEP (created on first use)."""
 
     sweep: str = Field(min_length=1, max_length=200, description="sweep name: runs with the same name join it")
@@ -134,20 +126,6 @@ class ExternalRunCreate(_Strict):
         return value
 
 
-class EpochCreate(_Strict):
-    """One finished epoch: any metric keys; values numbers, "NaN", "Infinity", "-Infinity" or
-    null (not measured). They are stored as a worker's are: infinities as such, NaN and null as
-    null; reading them back answers null for all non-finite values."""
-
-    epoch: int = Field(ge=0, le=MAX_EPOCH, description="0: before training; 1..N after each epoch")
-    metrics: dict[MetricKey, float | NonFinite | None] = Field(max_length=MAX_KEYS_PER_EPOCH)
-
-    def values(self) -> dict[str, float | None]:
-        """The metrics as floats (inf, -inf and NaN included)."""
-        return {k: float(v) if v is not None else None for k, v in self.metrics.items()}
-    seconds: float = Field(default=0.0, ge=0, le=1e7, description="training time of this epoch")
-
-
 class EpochStored(BaseModel):
     run_id: int
     epoch: int
@@ -161,8 +139,8 @@ class HeartbeatStored(BaseModel):
     heartbeat_seconds: float = Field(description="how often the server expects a heartbeat while no epoch ends")
 
 
-class RunFinish(_Strict):
-    status: Literal["succeeded", "failed", "cancelled"]
+class RunFinish(StrictInput):
+    status: ExternalEnding
     error: str | None = Field(default=None, max_length=10_000)
 
     @field_validator("error")

@@ -42,7 +42,10 @@ def sse_events(changes: Changes, first: bool) -> list[str]:
     if changes.statuses or first:
         events.append(("status", changes.statuses))
     if changes.points:
-        events.append(("epochs", {"cursor": changes.cursor, "points": changes.points}))
+        epochs: dict[str, Any] = {"cursor": changes.cursor, "points": changes.points}
+        if changes.cells is not None:
+            epochs["cells"] = changes.cells
+        events.append(("epochs", epochs))
     out = [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events]
     if out:
         out[-1] = f"id: {changes.cursor}\n{out[-1]}"
@@ -63,7 +66,9 @@ async def stream_sweep(sweep_id: int, request: Request, engine: EngineDep,
                        keys: list[StoredText] | None = Query(None),
                        run: int | None = Query(None, description="only this run of the sweep")) -> StreamingResponse:
     """`event: epochs` with new metric points since CURSOR (a value of the sweep's commit sequence,
-    as /series and /aggregates answer it), `event: status` with the runs whose status changed.
+    as /series and /aggregates answer it) and, for a sweep's stream, `cells`: the aggregated curve
+    cells those points touched, per config and key, as /aggregates answers them, read in the same
+    snapshot; `event: status` with the runs whose status changed.
     Every database call runs in a thread and holds a connection only for its poll."""
     now = await run_in_threadpool(open_stream, engine, sweep_id, run)
     last_id = request.headers.get("last-event-id", "")

@@ -1,4 +1,6 @@
-"""/api/studies/{study}: the sweeps of a study together and its declared questions answered."""
+"""/api/studies/{study}: the sweeps of a study together and its declared questions answered. A study's
+name may hold "/" (`course/week1`): the route takes the rest of the path, so app/main.py includes
+the reports router (`/api/studies/{study}/report.html`) before this one."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ router = APIRouter(prefix="/api/studies", tags=["studies"])
 StudyName = Annotated[StoredText, Path(min_length=1, max_length=200, description="the study's name")]
 
 
-@router.get("/{study}", responses={404: {"description": "no sweep has this study"}})
+@router.get("/{study:path}", responses={404: {"description": "no sweep has this study"}})
 def read_study(study: StudyName, engine: EngineDep) -> dict[str, Any]:
     """The study's sweeps, oldest first (id, name, description, kind, runs, status counts, best
     config), its runs by status in total, and each question its specs declare answered: the

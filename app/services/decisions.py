@@ -76,9 +76,9 @@ def sweep_decisions(engine: Engine, sweep_id: int) -> dict[str, Any]:
                                                     "look": None, "rival": None}
         row = {**row, "pruned_epoch": None}
         if c.id in reasons:
-            row.update(state="pruned", text=reasons[c.id]["text"], pruned_epoch=reasons[c.id]["epoch"])
+            row.update(state=racing.ConfigState.PRUNED, text=reasons[c.id]["text"], pruned_epoch=reasons[c.id]["epoch"])
         elif "state" not in row:
-            row.update(state="training" if live.get(c.id) else "done",
+            row.update(state=racing.ConfigState.TRAINING if live.get(c.id) else racing.ConfigState.DONE,
                        text="in flight" if live.get(c.id) else "trained to its last epoch, not pruned")
         answer["configs"].append(row)
     if race is not None:
@@ -91,5 +91,5 @@ def sweep_decisions(engine: Engine, sweep_id: int) -> dict[str, Any]:
         answer["prune"] = {"method": rule.method, "metric": rule.metric, "min_epochs": rule.min_epochs,
                            "alpha": rule.alpha, "configs": rule.configs, "looks": rule.looks,
                            "level": rule.level if rule.method == "ci" else None, "text": prune_method(rule),
-                           "pruned": len(reasons)}
+                           racing.ConfigState.PRUNED.value: len(reasons)}  # how many configs
     return answer

@@ -9,24 +9,24 @@ from sqlalchemy import Engine, select
 
 from app import metrics
 from app.db import read_session
-from app.models import Metric, Run
+from app.models import Config, CurveStat, Metric
 
 
 def sweep_keys(engine: Engine, sweep_id: int) -> list[str]:
-    """Every key a run of the sweep reported, in page order (metrics carry their sweep's id, and
-    the index on (sweep_id, seq) keeps this one range read)."""
+    """Every key with a value a run of the sweep reported, in page order: read from the curves'
+    cells (configs x keys x epochs, migration 0007), not from every metric row."""
     with read_session(engine) as s:
-        keys = s.scalars(select(Metric.key).where(Metric.sweep_id == sweep_id).distinct())
+        keys = s.scalars(select(CurveStat.key).distinct().where(
+            CurveStat.config_id.in_(select(Config.id).where(Config.sweep_id == sweep_id))))
         return metrics.ordered(keys)
 
 
 def config_keys(engine: Engine, config_ids: Sequence[int]) -> list[str]:
-    """Every key a run of CONFIG_IDS reported, in page order."""
+    """Every key with a value a run of CONFIG_IDS reported, in page order."""
     if not config_ids:
         return []
     with read_session(engine) as s:
-        keys = s.scalars(select(Metric.key).join(Run, Run.id == Metric.run_id)
-                         .where(Run.config_id.in_(list(config_ids))).distinct())
+        keys = s.scalars(select(CurveStat.key).distinct().where(CurveStat.config_id.in_(list(config_ids))))
         return metrics.ordered(keys)
 
 

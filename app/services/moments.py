@@ -30,4 +30,4 @@ def grouped_moments(values: CTE, groups: Sequence[str]) -> Select[Any]:
 
 def sample_std(n: int, squares: float | None) -> float | None:
     """The sample standard deviation (n - 1 degrees of freedom); None below two values."""
-    return math.sqrt(squares / (n - 1)) if n >= 2 and squares is not None else None
+    return math.sqrt(max(squares, 0.0) / (n - 1)) if n >= 2 and squares is not None else None

@@ -114,6 +114,13 @@ def _worth_locking(engine: Engine, sweep_id: int, spec: SweepSpec, lease_seconds
     return False
 
 
+def _stopped(session: Session, sweep_id: int) -> bool:
+    """Whether a cancel stopped the sweep (a run cancelled, or a cancel asked of a live one): plan
+    adds nothing to it until it is retried."""
+    return bool(session.scalar(select(exists().where(Run.sweep_id == sweep_id, or_(
+        Run.status == CANCELLED, and_(Run.status.in_([QUEUED, RUNNING]), Run.cancel_requested.is_(True)))))))
+
+
 def _ended(session: Session, sweep_id: int) -> bool:
     """Whether some run of the sweep has ended (a race decides on ended runs only)."""
     return bool(session.scalar(select(exists().where(Run.sweep_id == sweep_id,
@@ -151,9 +158,7 @@ def plan_locked(session: Session, sweep_id: int, spec: SweepSpec, *, lease_secon
     sweep = sweep_lock(session, sweep_id)
     if sweep is None:
         return PlanResult(sweep_id)
-    stopped = session.scalar(select(exists().where(Run.sweep_id == sweep_id, or_(
-        Run.status == CANCELLED, and_(Run.status.in_([QUEUED, RUNNING]), Run.cancel_requested.is_(True))))))
-    if stopped:
+    if _stopped(session, sweep_id):
         return PlanResult(sweep_id)
     configs = list(session.scalars(select(Config).where(Config.sweep_id == sweep_id).order_by(Config.position)))
     if max_attempts is None:
@@ -231,6 +236,29 @@ def _add_seeds(session: Session, sweep: Sweep, spec: SweepSpec, configs: list[Co
         added += _add_runs(session, sweep.id, config_id, train_epochs, config.train.get("program"),
                            range(first, first + n), max_attempts)
     return added
+
+
+def more_to_come(session: Session, sweep_id: int) -> bool:
+    """Whether the planner would still add configs or seeds to the sweep (asked once its runs have all
+    ended, read-only): a search below max_configs with a new valid config left to draw (the same draw
+    plan would make), or a race that wants more seeds. False for a grid sweep, an external one, and a
+    sweep a cancel stopped (plan adds nothing to those)."""
+    sweep = session.get(Sweep, sweep_id)
+    spec = stored_spec(sweep) if sweep is not None else None
+    if sweep is None or spec is None:
+        return False
+    if _stopped(session, sweep_id):
+        return False
+    configs = list(session.scalars(select(Config).where(Config.sweep_id == sweep_id).order_by(Config.position)))
+    if spec.race is not None and configs and _ended(session, sweep_id):
+        if any(n > 0 for _, n in _racing().next_seeds(session, sweep, configs)):
+            return True
+    if spec.searching and len(configs) < (spec.max_configs or 0):
+        from app.services.search import next_configs
+
+        prepare(spec)
+        return bool(next_configs(session, spec, configs, 1))
+    return False
 
 
 def pending_sweeps(engine: Engine) -> list[int]:

@@ -1,7 +1,7 @@
 """The run queue: claim, heartbeat, record an epoch, finish, release, reap.
 
 Every write a worker makes for a run is *fenced*: it carries `lease_token = :token AND status =
-'running'`; if it updates nothing the worker has lost the run and must stop. Metric inserts are
+RunStatus.RUNNING`; if it updates nothing the worker has lost the run and must stop. Metric inserts are
 idempotent on (run_id, key, epoch). All timestamps come from the database clock. See
 RELIABILITY.md in the project's design notes; every function here is one short transaction.
 """

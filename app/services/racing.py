@@ -31,6 +31,7 @@ any number of planners agree and a planner killed mid-way leaves nothing half-de
 
 from __future__ import annotations
 
+import enum
 import math
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,19 @@ MAX_RIVALS = 20  # a config is tested against the best this many configs still i
 FINAL_STATUSES = frozenset(s.value for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED,
                                              RunStatus.PRUNED))
 PRUNED = RunStatus.PRUNED.value
+
+
+class ConfigState(enum.StrEnum):
+    """A config's state in GET /api/sweeps/{id}/decisions (a config's, not a run's status): the race's
+    (best, settled, racing, unsettled), pruned, or, outside a race, where its runs are."""
+
+    BEST = "best"
+    SETTLED = "settled"
+    RACING = "racing"
+    UNSETTLED = "unsettled"
+    PRUNED = RunStatus.PRUNED.value  # its runs were pruned (by the pruner; the race gives them no more seeds)
+    TRAINING = "training"  # no race: some run is queued or running
+    DONE = "done"  # no race: every run ended, none pruned
 
 
 # ---- the plan of looks and the spending ----------------------------------------------------
@@ -351,26 +365,29 @@ def config_states(race: Race) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"config_id": c.config_id, "label": c.label, "seeds": seeds,
                                "runs": len(c.runs), "p": p, "p_adjusted": adjusted, "look": None, "rival": None}
         if c.pruned:
-            row.update(state="pruned", text="pruned: out of the race (see its runs' reason)")
+            row.update(state=ConfigState.PRUNED, text="pruned: out of the race (see its runs' reason)")
         elif st.settled[0, j]:
             rival = int(st.rival[0, j])
             whom = "the best" if rival == best else labels[rival]
-            row.update(state="settled", look=int(st.settled_look[0, j]) + 1, rival=race.configs[rival].config_id,
+            row.update(state=ConfigState.SETTLED, look=int(st.settled_look[0, j]) + 1,
+                       rival=race.configs[rival].config_id,
                        text=f"settled after {_seeds(seeds)}: worse than {whom}"
                             + (f" ({labels[rival]})" if rival == best else "") + f", {_p(adjusted or 1.0)}")
         elif done and j == best:
-            row.update(state="best", text=f"the best after {_seeds(seeds)}" +
+            row.update(state=ConfigState.BEST, text=f"the best after {_seeds(seeds)}" +
                        ("; every other config is settled worse" if all(
                            st.settled[0, i] or race.configs[i].pruned for i in range(len(labels)) if i != j) else ""))
         elif done:
             tail = f", {_p(adjusted)}" if adjusted is not None else ""
-            row.update(state="unsettled", text=f"not settled after {_seeds(seeds)} (the most the race gives): "
-                                               f"indistinguishable from the best{tail}")
+            row.update(state=ConfigState.UNSETTLED,
+                       text=f"not settled after {_seeds(seeds)} (the most the race gives): "
+                            f"indistinguishable from the best{tail}")
         else:
             look = int(st.looks_done[0])
             nxt = plan.sizes[look] if look < plan.looks else plan.sizes[-1]
-            row.update(state="racing", text=f"racing: {_seeds(len(c.runs))} so far, decided again at {_seeds(nxt)}"
-                                            + (f" (now {_p(adjusted)})" if adjusted is not None else ""))
+            row.update(state=ConfigState.RACING,
+                       text=f"racing: {_seeds(len(c.runs))} so far, decided again at {_seeds(nxt)}"
+                            + (f" (now {_p(adjusted)})" if adjusted is not None else ""))
         out.append(row)
     return out
 
@@ -402,7 +419,7 @@ def overlay(answer: dict[str, Any], race: Race) -> dict[str, Any]:
     states = {row["config_id"]: row for row in config_states(race)}
     best = answer.get("best") or {}
     best_state = states.get(best.get("config_id"))
-    if best_state is not None and best_state["state"] in ("settled", "pruned"):
+    if best_state is not None and best_state["state"] in (ConfigState.SETTLED, ConfigState.PRUNED):
         answer["race"] = {"method": method_text(race.plan, race.metric), "applied": False,
                           "why": "the best config of the final data is one the race settled or pruned"}
         return answer
@@ -413,10 +430,10 @@ def overlay(answer: dict[str, Any], race: Race) -> dict[str, Any]:
         c["race"] = {k: row[k] for k in ("state", "text", "seeds", "p_adjusted", "look")}
         if c["verdict"] == "too_few":
             continue
-        if row["state"] == "settled":
+        if row["state"] == ConfigState.SETTLED:
             c["verdict"] = "worse" if answer.get("higher_is_better") is not None else (
                 "lower" if race.plan.higher_is_better else "higher")
-        elif row["state"] in ("unsettled", "racing"):
+        elif row["state"] in (ConfigState.UNSETTLED, ConfigState.RACING):
             c["verdict"] = "indistinguishable"
         c["text"] = f"{c['label']}: {row['text']} (race); final data: {c['text']}"
     answer["race"] = {"method": method_text(race.plan, race.metric), "applied": True,

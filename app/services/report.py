@@ -176,7 +176,7 @@ def _table(sweep: SweepPublic, rows: list[dict[str, Any]]) -> dict[str, Any]:
             cells.append({"mean": fmt_value(key, f["mean"]) + half if f["mean"] is not None else DASH, "ci": ci})
         out.append({"id": r["id"], "name": config_name(sweep.name, r["label"], within_sweep=True),
                     "n": primary["n"], "seeds": seed_ranges(primary["seeds"]),
-                    "runs": sum(counts.values()), "succeeded": r["done"], "cells": cells,
+                    "runs": sum(counts.values()), "done": r["done"], "cells": cells,
                     "wall": r["wall_seconds"]["mean"]})
     return {"titles": [f"{metrics.describe(k).title} ({unit(k)})" if unit(k) else metrics.describe(k).title
                        for k in keys], "rows": out}

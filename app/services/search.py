@@ -18,6 +18,7 @@ A choice's values reach Optuna as their indices (its categorical choices are sca
 
 from __future__ import annotations
 
+import enum
 import math
 import warnings
 from collections import defaultdict
@@ -89,12 +90,22 @@ def _valid(spec: SweepSpec, params: dict[str, Any], taken: set[str]) -> Expanded
     return None if config.key in taken else config
 
 
+class TrialOutcome(enum.Enum):
+    """A config as an Optuna trial: each member is named as the member of optuna's TrialState it becomes
+    (a trial's state, not a run's status: a config is RUNNING while any of its runs is queued or running)."""
+
+    COMPLETE = enum.auto()
+    RUNNING = enum.auto()
+    PRUNED = enum.auto()
+    FAIL = enum.auto()
+
+
 @dataclass(frozen=True)
 class Trial:
     """What a search knows of one of its configs."""
 
     params: dict[str, Any]
-    state: str  # complete | running | pruned | failed
+    state: TrialOutcome
     value: float | None = None  # complete: the mean final metric; pruned: the mean at its last epoch
     step: int | None = None  # pruned: that epoch
 
@@ -128,14 +139,14 @@ def trials(session: Session, configs: Sequence[Config], metric: str) -> list[Tri
         done = values.get((c.id, SUCCEEDED), [])
         pruned = values.get((c.id, PRUNED), [])
         if any(counts.get(s, 0) for s in UNFINISHED):
-            out.append(Trial(c.params, "running"))
+            out.append(Trial(c.params, TrialOutcome.RUNNING))
         elif done:
-            out.append(Trial(c.params, "complete", float(np.mean([v for _, v in done]))))
+            out.append(Trial(c.params, TrialOutcome.COMPLETE, float(np.mean([v for _, v in done]))))
         elif pruned:
             step = max(e for e, _ in pruned)
-            out.append(Trial(c.params, "pruned", float(np.mean([v for _, v in pruned])), step))
+            out.append(Trial(c.params, TrialOutcome.PRUNED, float(np.mean([v for _, v in pruned])), step))
         else:
-            out.append(Trial(c.params, "failed"))
+            out.append(Trial(c.params, TrialOutcome.FAIL))
     return out
 
 
@@ -204,15 +215,15 @@ def tpe_params(spec: SweepSpec, k: int, known: Sequence[Trial]) -> dict[str, Any
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec), constant_liar=True)
     study = optuna.create_study(storage=None, sampler=sampler,
                                 direction="maximize" if maximise(objective_metric(spec)) else "minimize")
-    states = {"complete": TrialState.COMPLETE, "running": TrialState.RUNNING, "pruned": TrialState.PRUNED,
-              "failed": TrialState.FAIL}
     for t in known:
         params = _to_optuna(spec, t.params)
         if params is None:
             continue
-        intermediate = {t.step: t.value} if t.state == "pruned" and t.step is not None and t.value is not None else None
-        study.add_trial(create_trial(state=states[t.state], params=params, distributions=distributions,
-                                     value=t.value if t.state == "complete" else None,
+        intermediate = None
+        if t.state is TrialOutcome.PRUNED and t.step is not None and t.value is not None:
+            intermediate = {t.step: t.value}
+        study.add_trial(create_trial(state=TrialState[t.state.name], params=params, distributions=distributions,
+                                     value=t.value if t.state is TrialOutcome.COMPLETE else None,
                                      intermediate_values=intermediate))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -240,5 +251,5 @@ def next_configs(session: Session, spec: SweepSpec, configs: Sequence[Config], n
             break
         out.append(found)
         taken.add(found.key)
-        known = [*known, Trial(found.params, "running")]
+        known = [*known, Trial(found.params, TrialOutcome.RUNNING)]
     return out

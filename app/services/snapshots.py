@@ -3,7 +3,9 @@ chart answers (app.services.memo) learn what changed since they were computed.""
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+import weakref
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +41,11 @@ class Snapshot:
     last epoch and a retry deletes them with a status change, so two snapshots, plus the runs of the
     metrics committed between their sequences, tell which configs' curves changed."""
 
-    def __init__(self, seqs: dict[int, int], runs: dict[int, tuple[int, int, str]]) -> None:
+    def __init__(self, seqs: dict[int, int], runs: dict[int, tuple[int, int, str]], digest: int | None = None) -> None:
         self.seqs, self.runs = seqs, runs
         # A run's config is part of it: an external (MLflow) run moves to the config of its params.
-        self.status_digest = hash(frozenset((r, v[0], v[2]) for r, v in runs.items()))
+        # A sum of the runs' hashes, so that a snapshot grown from an older one updates it in O(changes).
+        self.status_digest = digest if digest is not None else sum(map(_entry_hash, runs.items())) & _MASK
 
     @property
     def cursor(self) -> int | None:
@@ -71,9 +74,58 @@ class Snapshot:
         return Counter(config_id for config_id, _, _ in self.runs.values())
 
 
-def snapshot(engine: Engine, scope: Scope) -> Snapshot:
+def _entry_hash(entry: tuple[int, tuple[int, int, str]]) -> int:
+    run_id, (config_id, _, status) = entry
+    return hash((run_id, config_id, status))
+
+
+_MASK = (1 << 64) - 1
+_RUN_COLUMNS = (Run.id, Run.sweep_id, Run.config_id, Run.last_epoch, Run.status)
+# Per engine (a test's fresh database gets a new one), per sweep: the last snapshot read.
+_latest: weakref.WeakKeyDictionary[Engine, OrderedDict[int, Snapshot]] = weakref.WeakKeyDictionary()
+_latest_lock = threading.Lock()
+LATEST_KEPT = 64
+
+
+def _sweep_snapshot(engine: Engine, sweep_id: int) -> Snapshot:
+    """The sweep's snapshot, grown from the last one read in this process: only the runs stamped
+    after its sequence (run inserts and changes of status, last epoch, cancel or config all stamp
+    one, migrations 0002 and 0007) are read, so an unchanged sweep costs one row and a changed one
+    what changed, not its size. Every run read in the one snapshot of its sequence."""
+    with _latest_lock:
+        known = _latest.setdefault(engine, OrderedDict()).get(sweep_id)
     with snapshot_session(engine) as s:
-        rows = s.execute(select(Run.id, Run.sweep_id, Run.config_id, Run.last_epoch, Run.status)
-                         .where(scope.where())).all()
-        seqs = sweep_seqs(s, [scope.sweep_id] if scope.sweep_id is not None else [r.sweep_id for r in rows])
+        seqs = sweep_seqs(s, [sweep_id])
+        if known is not None and known.seqs == seqs:
+            return known
+        if known is None or seqs[sweep_id] < known.seqs[sweep_id]:  # first look, or a new database
+            rows = s.execute(select(*_RUN_COLUMNS).where(Run.sweep_id == sweep_id)).all()
+            snap = Snapshot(seqs, {r.id: (r.config_id, r.last_epoch, r.status) for r in rows})
+        else:
+            rows = s.execute(select(*_RUN_COLUMNS).where(Run.sweep_id == sweep_id,
+                                                        Run.seq > known.seqs[sweep_id])).all()
+            runs, digest = dict(known.runs), known.status_digest
+            for r in rows:
+                before = runs.get(r.id)
+                if before is not None:
+                    digest -= _entry_hash((r.id, before))
+                runs[r.id] = (r.config_id, r.last_epoch, r.status)
+                digest += _entry_hash((r.id, runs[r.id]))
+            snap = Snapshot(seqs, runs, digest & _MASK)
+    with _latest_lock:
+        kept = _latest.setdefault(engine, OrderedDict())
+        kept[sweep_id] = snap
+        kept.move_to_end(sweep_id)
+        while len(kept) > LATEST_KEPT:
+            kept.popitem(last=False)
+    return snap
+
+
+def snapshot(engine: Engine, scope: Scope) -> Snapshot:
+    if scope.sweep_id is not None:
+        whole = _sweep_snapshot(engine, scope.sweep_id)
+        return whole if scope.config_ids is None else whole.only(set(scope.config_ids))
+    with snapshot_session(engine) as s:
+        rows = s.execute(select(*_RUN_COLUMNS).where(scope.where())).all()
+        seqs = sweep_seqs(s, [r.sweep_id for r in rows])
     return Snapshot(seqs, {r.id: (r.config_id, r.last_epoch, r.status) for r in rows})

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.errors import NotFound
 from app.models import Metric, Run, SweepSeq
 from app.numbers import finite_or_none
+from app.services.curve_cells import touched_cells
 from app.services.sweeps import get_sweep_row
 
 POINTS_PER_POLL = 1000  # a stream catching up polls again at once (app.api.stream)
@@ -66,6 +67,9 @@ class Changes:
     cursor: int
     points: list[dict[str, Any]] = field(default_factory=list)
     statuses: dict[str, str] = field(default_factory=dict)
+    # The aggregated cells the points touched, as of the same snapshot (per config id and key,
+    # columnar; app.services.curve_cells): a page updates its curves with them, no request.
+    cells: dict[str, dict[str, Any]] | None = None
 
 
 def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str] | None = None,
@@ -91,7 +95,9 @@ def changes_since(engine: Engine, sweep_id: int, cursor: int, keys: Sequence[str
             upto = rows[-1].seq
         runs_q = select(Run.id, Run.status).where(Run.sweep_id == sweep_id, Run.seq > cursor, Run.seq <= upto)
         runs = s.execute(runs_q.where(Run.id == run_id) if run_id is not None else runs_q).all()
+        cells = touched_cells(s, ((r.config_id, r.key, r.epoch) for r in rows)) \
+            if run_id is None and rows else None
     points = [{"seq": seq, "run_id": run, "config_id": config, "key": key, "epoch": epoch,
                "value": finite_or_none(value)}
               for seq, run, config, key, epoch, value in rows]  # unpacked: a catching-up stream reads many
-    return Changes(upto, points, {str(i): status for i, status in runs})
+    return Changes(upto, points, {str(i): status for i, status in runs}, cells)

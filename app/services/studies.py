@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 
 from app.db import read_session
 from app.errors import NotFound
-from app.models import Config, RunStatus
+from app.models import Config, Run, RunStatus, Sweep, SweepKind
 from app.schemas import SweepPublic
 from app.services.results import best_configs
 from app.services.sweeps import list_sweeps
@@ -31,20 +31,26 @@ def single_configs(engine: Engine, sweep_ids: Sequence[int]) -> dict[int, int]:
 def list_studies(engine: Engine) -> list[dict[str, Any]]:
     """Each study by name: its number of sweeps and runs, its runs by status, and the configs of its
     one-config sweeps in the study's own order (oldest sweep first), which the index page links to
-    the compare page."""
-    everything = [sw for sw in list_sweeps(engine, limit=MAX_SWEEPS) if sw.study]
-    singles = single_configs(engine, [sw.id for sw in everything])
+    the compare page. The counts come from one grouped query over every study's runs."""
+    with read_session(engine) as s:
+        rows = s.execute(select(Sweep.study, Sweep.id, Run.status, func.count(Run.id))
+                         .outerjoin(Run, Run.sweep_id == Sweep.id).where(Sweep.study.is_not(None))
+                         .group_by(Sweep.study, Sweep.id, Run.status).order_by(Sweep.id)).all()
+    singles = single_configs(engine, sorted({sweep_id for _, sweep_id, _, _ in rows}))
     studies: dict[str, dict[str, Any]] = {}
-    for sw in reversed(everything):  # oldest first
-        assert sw.study is not None
-        st = studies.setdefault(sw.study, {"name": sw.study, "sweeps": 0, "runs": 0, "configs": [],
-                                           "counts": dict.fromkeys((s.value for s in RunStatus), 0)})
-        st["sweeps"] += 1
-        st["runs"] += sw.runs
-        for key, n in sw.status_counts.model_dump().items():
-            st["counts"][key] += n
-        if sw.id in singles:
-            st["configs"].append(singles[sw.id])
+    seen: set[int] = set()
+    for study, sweep_id, status, n in rows:  # oldest sweep first
+        assert study is not None  # the query keeps sweeps with a study
+        st = studies.setdefault(study, {"name": study, "sweeps": 0, "runs": 0, "configs": [],
+                                        "counts": dict.fromkeys((s.value for s in RunStatus), 0)})
+        if sweep_id not in seen:
+            seen.add(sweep_id)
+            st["sweeps"] += 1
+            if sweep_id in singles:
+                st["configs"].append(singles[sweep_id])
+        if status is not None:
+            st["runs"] += n
+            st["counts"][status] += n
     return sorted(studies.values(), key=lambda st: st["name"])
 
 
@@ -61,6 +67,6 @@ def sweep_summaries(engine: Engine, sweeps: Sequence[SweepPublic]) -> list[dict[
     configs and its best config by mean final primary metric (app.services.results.best_configs)."""
     best = best_configs(engine, [sw.id for sw in sweeps])
     return [{"id": sw.id, "name": sw.name, "description": sw.spec.get("description"),
-             "kind": "external" if sw.spec.get("external") else "queued", "dataset": sw.dataset,
+             "kind": (SweepKind.EXTERNAL if sw.spec.get("external") else SweepKind.QUEUED).value, "dataset": sw.dataset,
              "runs": sw.runs, "configs": sw.configs, "status_counts": sw.status_counts.model_dump(),
              "best": best.get(sw.id)} for sw in sweeps]

@@ -157,12 +157,14 @@ def read_sweep(engine: Engine, sweep_id: int) -> SweepPublic:
                    _budgets(engine, [sweep]).get(sweep_id))
 
 
-PROGRESS_FIELDS = ("runs", "ended", "running", "succeeded", "failed", "epochs_done", "epochs_left")
+COUNTED = ("runs", "ended", "running", "succeeded", "failed", "pruned", "epochs_done", "epochs_left")
 
 
 def progress(engine: Engine, sweep_ids: list[int]) -> SweepsProgress:
     """Runs and epochs done and left of each sweep and in total, counted by the database (one
-    GROUP BY): a client waiting on several big sweeps asks once per tick and gets no run list."""
+    GROUP BY): a client waiting on several big sweeps asks once per tick and gets no run list. An
+    adaptive sweep whose runs have all ended asks its planner whether more are to come (the gap
+    between a race's rounds or a search's configs), so a waiting client does not stop in it."""
     ids = list(dict.fromkeys(sweep_ids))
     final = [s.value for s in FINAL]
     ended = Run.status.in_(final)
@@ -180,12 +182,18 @@ def progress(engine: Engine, sweep_ids: list[int]) -> SweepsProgress:
         rows = s.execute(
             select(Run.sweep_id, func.count(), tally(ended), tally(Run.status == RUNNING),
                    tally(Run.status == RunStatus.SUCCEEDED.value), tally(Run.status == RunStatus.FAILED.value),
+                   tally(Run.status == RunStatus.PRUNED.value),
                    func.coalesce(func.sum(trained), 0), func.coalesce(func.sum(left), 0))
             .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id)
         ).all()
-    counts = {row[0]: dict(zip(PROGRESS_FIELDS, map(int, row[1:]), strict=True)) for row in rows}
-    sweeps = [SweepProgress(id=i, **counts.get(i, dict.fromkeys(PROGRESS_FIELDS, 0))) for i in ids]
-    total = Progress(**{f: sum(getattr(p, f) for p in sweeps) for f in PROGRESS_FIELDS})
+        counts = {row[0]: dict(zip(COUNTED, map(int, row[1:]), strict=True)) for row in rows}
+        from app.services.planner import more_to_come
+
+        coming = {i: c["ended"] == c["runs"] and more_to_come(s, i) for i, c in counts.items()}
+    sweeps = [SweepProgress(id=i, **counts.get(i, dict.fromkeys(COUNTED, 0)), more_to_come=coming.get(i, False))
+              for i in ids]
+    total = Progress(**{f: sum(getattr(p, f) for p in sweeps) for f in COUNTED},
+                     more_to_come=any(p.more_to_come for p in sweeps))
     return SweepsProgress(sweeps=sweeps, total=total)
 
 
@@ -200,7 +208,7 @@ def list_configs(engine: Engine, sweep_id: int) -> list[ConfigPublic]:
 def cancel_values() -> dict[str, Any]:
     """One UPDATE's SET clause that cancels a queued run and asks a running one to stop, each decided
     on the row the UPDATE itself locks: read first and decide later, and a claim committing in between
-    turns a "cancelled" answer into a run that trains to the end (PostgreSQL re-evaluates these on
+    turns a cancelled answer into a run that trains to the end (PostgreSQL re-evaluates these on
     the claim's committed row; SQLite serialises every writer)."""
     return {
         "status": case((Run.status == QUEUED, CANCELLED), else_=Run.status),

@@ -135,13 +135,13 @@ def test_progress_counts_epochs_left_of_active_runs_only(engine: Engine) -> None
     set_runs(engine, second, [("failed", 1), ("running", 0)])
     answer = progress(engine, [first, second, first])
     a, b = (p.model_dump() for p in answer.sweeps)
-    assert a == {"id": first, "runs": 4, "ended": 2, "running": 1, "succeeded": 1, "failed": 0,
-                 "epochs_done": 7, "epochs_left": 8}
-    assert b == {"id": second, "runs": 2, "ended": 1, "running": 1, "succeeded": 0, "failed": 1,
-                 "epochs_done": 1, "epochs_left": 3}
+    assert a == {"id": first, "runs": 4, "ended": 2, "running": 1, "succeeded": 1, "failed": 0, "pruned": 0,
+                 "epochs_done": 7, "epochs_left": 8, "more_to_come": False}
+    assert b == {"id": second, "runs": 2, "ended": 1, "running": 1, "succeeded": 0, "failed": 1, "pruned": 0,
+                 "epochs_done": 1, "epochs_left": 3, "more_to_come": False}
     total = answer.total.model_dump()
-    assert total == {"runs": 6, "ended": 3, "running": 2, "succeeded": 1, "failed": 1, "epochs_done": 8,
-                     "epochs_left": 11}
+    assert total == {"runs": 6, "ended": 3, "running": 2, "succeeded": 1, "failed": 1, "pruned": 0,
+                     "epochs_done": 8, "epochs_left": 11, "more_to_come": False}
     bar = SweepProgress(enabled=False)
     assert bar.update(total).startswith("0.0 epochs/s, ETA ?, 2 running, 1 failed")
     bar.start = (time.monotonic() - 2.0, 4)  # 4 epochs in 2 s: 2 epochs/s, 11 left
@@ -158,7 +158,7 @@ def test_progress_of_several_sweeps_in_one_request(server: LiveServer) -> None:
         answer = client.progress(ids)
         assert [s["id"] for s in answer["sweeps"]] == ids
         assert answer["total"] == {"runs": 2, "ended": 0, "running": 2, "succeeded": 0, "failed": 0,
-                                   "epochs_done": 1, "epochs_left": 7}
+                                   "pruned": 0, "epochs_done": 1, "epochs_left": 7, "more_to_come": False}
         with pytest.raises(ClientError) as err:
             client.progress([ids[0], 999_999])
         assert err.value.status_code == 404 and err.value.code == "not_found"

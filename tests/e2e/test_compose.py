@@ -67,7 +67,8 @@ def test_environment_names_are_real_settings(compose: dict[str, Any]) -> None:
 def test_dockerfile() -> None:
     text = (PROJECT_ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    assert re.search(r"pip install [^\n]*\"?\.\[train\]", text)
+    assert re.search(r"pip install [^\n]*\"?\.\[train,report\]", text)  # PDF reports work in the image
+    assert re.search(r"apt-get install [^\n]*\bchromium\b", text)  # Debian's, at the path Settings expects
     assert 'VOLUME ["/data"]' in text
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored

@@ -5,32 +5,15 @@ what the form says."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import LiveServer
-from tests.e2e.test_pages import ARGS, CHROMIUM, Page, playwright_api, pytestmark  # noqa: F401  (its markers)
+from tests.e2e.chromium import BROWSER_MARKS, Page
 
+pytestmark = BROWSER_MARKS
 YAML_HAS = "(text) => document.getElementById('spec-yaml').value.includes(text)"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Page]:
-    p = Page(browser, live_server.url)
-    yield p
-    p.context.close()
 
 
 def test_the_layer_editor_builds_model_layers_and_a_grid_over_them(page: Page, live_server: LiveServer) -> None:

@@ -7,74 +7,30 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from scipy import stats as scipy_stats
 from sqlalchemy import Engine, func, select
 
-from app.config import PROJECT_ROOT, Settings
+from app.config import Settings
 from app.db import read_session
 from app.models import Metric
 from app.services import charts
 from app.services.queue import Claim, record_epoch
 from app.services.runs import list_runs
 from tests.conftest import LiveServer, start_worker
+from tests.e2e import conftest as fixtures
+from tests.e2e.chromium import BROWSER_MARKS, CHROMIUM, SHOTS, Page  # noqa: F401  (CHROMIUM, SHOTS: others import them here)
 from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep, study_curve
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = PROJECT_ROOT / "test-output" / "screenshots"
 POINTS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).reduce(
   (n, d) => n + (d.data || []).reduce((m, t) => m + ((t.x && t.x.length) || 0), 0), 0)"""
 
-pytestmark = [
-    pytest.mark.browser, pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
-class Page:
-    """A fresh browser page that records console errors and uncaught exceptions."""
-
-    def __init__(self, browser: Any, base: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.page = self.context.new_page()
-        self.base, self.errors = base, []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-
-    def open(self, path: str) -> Any:
-        response = self.page.goto(self.base + path, wait_until="domcontentloaded")
-        assert response is not None and response.status == 200, f"{path} answered {response and response.status}"
-        self.page.wait_for_selector("body[data-ready=true]", timeout=20_000)
-        return self.page
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-    def charts(self) -> int:
-        return int(self.page.locator(".js-plotly-plot").count())
-
-
-@pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Page]:
-    p = Page(browser, live_server.url)
-    yield p
-    p.context.close()
+pytestmark = BROWSER_MARKS
+# The fixtures are tests/e2e/conftest.py's; these names stay for the modules that import them from here.
+browser, page = fixtures.browser, fixtures.page
 
 
 def _config_ids(engine: Engine, sweep_id: int) -> list[int]:

@@ -17,16 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import Engine, update
 
-from app.config import PROJECT_ROOT
 from app.db import write_session
 from app.models import Run
 from tests.conftest import LiveServer
+from tests.e2e.chromium import BROWSER_MARKS, CHROMIUM, SHOTS
 from tests.integration.test_charts_api import WIDTHS_SPEC, seed_sweep
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = PROJECT_ROOT / "test-output" / "screenshots"
 HOSTILE = "</script><img src=x onerror=alert(1)>"
 GRID = {**WIDTHS_SPEC, "name": "widths and rates", "grid": {"model.hidden": [[8], [32], [128]],
                                                             "optimizer.learning_rate": [0.01, 0.1]}}
@@ -39,19 +35,7 @@ DRAWN = """() => Array.from(document.querySelectorAll('.chart')).map((d) => ({
   points: (d.data || []).reduce((n, t) => n + ((t.x && t.x.length) || (t.dimensions && t.dimensions[0].values.length)
     || 0), 0), svg: d.querySelectorAll('svg.main-svg').length }))"""
 
-pytestmark = [
-    pytest.mark.browser, pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
+pytestmark = BROWSER_MARKS
 
 
 class Offline:

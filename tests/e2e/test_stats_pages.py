@@ -132,6 +132,8 @@ def test_the_sweep_page_shows_verdicts_power_importance_and_parcoords(page: Page
     bars = p.evaluate("() => document.getElementById('importance-chart').data[0]")
     assert bars["type"] == "bar" and len(bars["y"]) == 4 and bars["y"][-1] == "seeds (residual)"  # 2 + 1 + seeds
     assert p.locator("#importance-text").inner_text().startswith(("optimizer", WIDTH))
+    p.locator("#parcoords-chart").scroll_into_view_if_needed()  # WebGL: drawn once near the view
+    p.wait_for_selector("body[data-parcoords-ready=true]", timeout=20_000)
     lines = p.evaluate("() => document.getElementById('parcoords-chart').data[0]")
     assert lines["type"] == "parcoords" and len(lines["dimensions"]) == 3
     for chart in ("importance-chart", "parcoords-chart"):

@@ -11,14 +11,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, select, text, update
 
 from app.config import PROJECT_ROOT, Settings
-from app.db import read_session, write_session
+from app.db import engine_for, read_session, write_session
 from app.migrate import current_revision, head_revision, migrate
 from app.models import Base, Metric, Run, SweepSeq
 from app.services.sweeps import create_sweep, parse_spec
 from tests.conftest import settings_env, sweeplab_command
 
 
-def test_head_matches_the_models(engine: Engine) -> None:
+def test_head_matches_the_models(settings: Settings) -> None:
+    """This test's own empty database, migrated here (`engine` would hand it a copy of the
+    session's migrated template)."""
+    engine = engine_for(settings)
+    assert current_revision(engine) is None
+    migrate(settings.database_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

@@ -242,3 +242,21 @@ def test_the_mnist_preset_declares_its_questions_over_its_own_sweeps() -> None:
         ["q7a no hidden layer", "q7b two hidden layers", "q7c three hidden layers"]]
     assert all(set(q.compare) <= names for q in questions)
     assert "Is Adam better than SGD beyond seed noise?" in [q.ask for q in questions]
+
+
+def test_a_study_whose_name_holds_a_slash_has_its_page_api_and_report(api: TestClient) -> None:
+    """`course/week1`: the index and sweep pages link to /studies/course/week1, which answers, as do
+    its JSON (with / or %2F) and its report; a longer path is not mistaken for another study."""
+    log_run(api, "solo", {"x": 1}, 0, {"val_accuracy": 0.5}, study="course/week1")
+    for path in ("/api/studies/course/week1", "/api/studies/course%2Fweek1"):
+        r = api.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert [s["name"] for s in r.json()["sweeps"]] == ["solo"]
+    page = api.get("/studies/course/week1", headers={"accept": "text/html"})
+    assert page.status_code == 200 and "solo" in page.text
+    report = api.get("/api/studies/course/week1/report.html")
+    assert report.status_code == 200 and "solo" in report.text
+    assert api.get("/api/studies/course").status_code == 404
+    assert api.get("/api/studies/course/week1/other").status_code == 404
+    index = api.get("/", headers={"accept": "text/html"})
+    assert 'href="/studies/course/week1"' in index.text

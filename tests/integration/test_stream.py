@@ -80,6 +80,29 @@ def test_points_and_statuses_since_a_cursor(engine: Engine) -> None:
     assert changes_since(engine, sweep_id, first.cursor, run_id=claims[1].run_id).points == []
 
 
+def test_a_poll_sends_the_aggregated_cells_its_points_touched(engine: Engine) -> None:
+    """With the points, a sweep's poll sends the curve cells they touched, as /aggregates answers
+    them and as of the poll's snapshot, so a page updates its curves without a request; a run's
+    stream sends none."""
+    from app.services import charts
+
+    sweep_id = new_sweep(engine)
+    a, b, c = claim_runs(engine, "w", 3, 60)
+    cursor = drain(engine, sweep_id).cursor
+    record_epoch(engine, a, 0, {"loss": 2.0, "accuracy": 0.1}, None, 60)
+    record_epoch(engine, b, 0, {"loss": 1.0, "accuracy": 0.3}, None, 60)
+    got = changes_since(engine, sweep_id, cursor)
+    whole = charts.aggregate_series(engine, ["loss", "accuracy"], sweep_id=sweep_id)["series"]
+    assert got.cells == {str(a.config_id): {k: whole[str(a.config_id)][k] for k in ("accuracy", "loss")}}
+    assert got.cells[str(a.config_id)]["loss"]["mean"] == [1.5]
+    assert got.cells[str(a.config_id)]["loss"]["n"] == [2]
+    record_epoch(engine, c, 1, {"loss": 4.0}, None, 60)  # only the cells of what moved
+    later = changes_since(engine, sweep_id, got.cursor)
+    assert later.cells == {str(c.config_id): {"loss": {"epochs": [1], "mean": [4.0], "std": [None], "min": [4.0],
+                                                          "max": [4.0], "n": [1]}}}
+    assert changes_since(engine, sweep_id, cursor, run_id=a.run_id).cells is None
+
+
 def test_a_full_batch_stops_the_cursor_at_its_last_point(engine: Engine) -> None:
     sweep_id = new_sweep(engine, replicates=1)
     (claim,) = claim_runs(engine, "w", 1, 60)

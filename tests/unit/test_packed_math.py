@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,205 @@ def test_mixed_rates_reach_each_standalone_model_and_saved_file(tmp_path: Path) 
     assert float(loaded.optimizer.learning_rate.numpy()) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="3 learning rates for 2 replicates"):
         PackedTrainer(spec, [1, 2], data, [None, None], learning_rates=[0.1, 0.2, 0.3])
+
+
+# ---- byte images (MNIST's kind): gathered as 64-bit words of their bytes, decoded exactly
+
+def byte_images(data: PreparedData) -> PreparedData:
+    """DATA's images rounded to bytes and scaled as PreparedData scales uint8 images."""
+    def scaled(x: np.ndarray) -> np.ndarray:
+        as_float: np.ndarray = np.rint(x * 255).astype(np.uint8).astype(np.float32) / 255.0
+        return as_float
+    return PreparedData(scaled(data.x_train), data.y_train, scaled(data.x_test), data.y_test)
+
+
+def test_byte_images_are_stored_as_their_bytes_and_decode_to_the_same_floats() -> None:
+    import tensorflow as tf
+
+    values = np.tile(np.arange(256, dtype=np.uint8), 49).reshape(16, 784)  # every byte, 16 rows of 784
+    floats = values.astype(np.float32) / 255.0
+    words = keras_packed.encode_rows(floats)
+    assert words.dtype == np.uint64 and words.shape == (16, 98)
+    idx = tf.constant([[3, 0, 15], [7, 7, 1]])  # (R, B) as the training loop gathers
+
+    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
+    def gathered(x: tf.Tensor) -> tf.Tensor:
+        return keras_packed.decode_rows(tf.gather(x, idx), 784)
+
+    got = gathered(tf.constant(words)).numpy()
+    assert got.dtype == np.float32 and got.shape == (2, 3, 784)
+    np.testing.assert_array_equal(got.view(np.uint32), floats[idx.numpy()].view(np.uint32))  # bit for bit
+    odd = floats[:, :7]  # a row of 7 bytes: no whole words, bytes as they are
+    assert keras_packed.encode_rows(odd).dtype == np.uint8
+    np.testing.assert_array_equal(keras_packed.decode_rows(tf.constant(keras_packed.encode_rows(odd)), 7).numpy(),
+                                  odd)
+    off = floats.copy()
+    off[2, 5] = np.nextafter(off[2, 5], np.float32(2))  # one value that no byte gives: floats stay floats
+    for not_bytes in (off, make_data(20, 10).x_train, -floats, floats * 2):
+        stored = keras_packed.encode_rows(not_bytes)
+        assert stored.dtype == np.float32
+        np.testing.assert_array_equal(stored, not_bytes.reshape(len(not_bytes), -1))
+
+
+BYTE_CASES = [
+    pytest.param([16], "relu", "mse", "sgd", 0.1, id="study-baseline-bytes"),
+    pytest.param([8, 8], "softmax", "sparse_categorical_crossentropy", "adam", None, id="adam-two-hidden-bytes"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+@pytest.mark.parametrize(("hidden", "output", "loss", "optimizer", "lr"), BYTE_CASES)
+def test_packed_on_byte_images_matches_separate_keras_models(hidden: list[int], output: str, loss: str,
+                                                             optimizer: str, lr: float | None) -> None:
+    spec = make_spec(hidden, output, loss, optimizer, lr)
+    data = byte_images(make_data())
+    packed = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    assert packed._split(packed.packs[0], "train")[0].dtype.name == "uint64"  # the byte path is the one tested
+    before = packed.evaluate()
+    history = [packed.train_epoch(epoch, never) for epoch in (1, 2)]
+    model = compiled_model(spec, SEEDS[0])
+    for r, seed in enumerate(SEEDS):
+        want_history, want_state = keras_reference(model, spec, seed, data, epochs=2)
+        for got, want in zip(history, want_history, strict=True):
+            assert got is not None
+            assert_metrics_close(got[r], want, 1e-5)
+        assert_states_close(packed.state(r), want_state, 1e-4)
+        set_state(model, fresh_state(spec, seed))
+        want_loss, want_acc = model.evaluate(data.x_test, data.targets(loss, "test"), verbose=0)
+        assert before[r]["val_loss"] == pytest.approx(want_loss, rel=1e-5)
+        assert before[r]["val_accuracy"] == pytest.approx(want_acc, abs=1e-6)
+
+
+# ---- predictions: every replicate's outputs once per input array, until the weights change
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+def test_predictions_are_computed_once_per_pack_and_follow_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec([8], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data(64, 40)
+    trainer = PackedTrainer(spec, SEEDS, data, [None] * len(SEEDS))
+    pack = trainer.packs[0]
+    calls: list[int] = []
+    real = keras_packed._Program.outputs
+
+    def counted(self: Any, weights: Any, x: Any) -> Any:
+        calls.append(1)
+        return real(self, weights, x)
+
+    monkeypatch.setattr(keras_packed._Program, "outputs", counted)
+
+    def alone(r: int, x: np.ndarray) -> np.ndarray:  # the replicate's own standalone Keras model
+        model = compiled_model(spec, SEEDS[r])
+        set_state(model, trainer.state(r))
+        return np.asarray(model.predict(x, verbose=0))
+
+    got = [trainer.predict(r, data.x_test) for r in range(len(SEEDS))]
+    assert len(calls) == 1  # one forward of the pack for its three replicates
+    for r in range(len(SEEDS)):
+        np.testing.assert_allclose(got[r], alone(r, data.x_test), rtol=1e-5, atol=1e-6)
+    trainer.train_epoch(1, never)  # new weights: computed again
+    after = trainer.predict(2, data.x_test)
+    assert len(calls) == 2 and not np.allclose(after, got[2])
+    np.testing.assert_allclose(after, alone(2, data.x_test), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(keras_packed, "EAGER_PREDICT_ROWS", 8)  # the compiled path, chunks padded
+    trainer.chunk = 16
+    other = data.x_test.copy()  # another array: its own entry
+    np.testing.assert_allclose(trainer.predict(1, other), alone(1, other), rtol=1e-5, atol=1e-6)
+    assert len(pack.outputs) == 2
+    assert trainer.predict(0, np.zeros((0, 28, 28), np.float32)).shape == (0, 10)
+
+
+# ---- devices: one pack per GPU, else one per CPU thread TensorFlow was given
+
+@pytest.mark.slow
+def test_one_pack_per_gpu_holds_every_replicate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With GPUs seen (accelerators() is the seam: this machine has none, so TensorFlow's soft
+    placement runs the GPU packs on its CPU), each GPU gets one pack and all of a trainer's
+    replicates fill them; training is the same as one CPU pack's."""
+    spec = make_spec([8], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data(64, 40)
+    seeds = [*SEEDS, 99, 7]
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: ["/device:GPU:0"])
+    assert keras_packed.pack_devices() == ["/device:GPU:0"] and keras_packed.pack_count() == 1
+    on_gpu = PackedTrainer(spec, seeds, data, [None] * len(seeds), learning_rates=[0.01, 0.001, 0.003, 0.02, 0.005])
+    assert [(p.r, p.device) for p in on_gpu.packs] == [(5, "/device:GPU:0")]
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: ["/device:GPU:0", "/device:GPU:1"])
+    two = PackedTrainer(spec, seeds, data, [None] * len(seeds))
+    assert [(p.r, p.device) for p in two.packs] == [(3, "/device:GPU:0"), (2, "/device:GPU:1")]
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: [])
+    monkeypatch.setattr(keras_packed, "pack_count", lambda: 1)
+    on_cpu = PackedTrainer(spec, seeds, data, [None] * len(seeds), learning_rates=[0.01, 0.001, 0.003, 0.02, 0.005])
+    assert [(p.r, p.device) for p in on_cpu.packs] == [(5, None)]
+    for got, want in ((on_gpu.train_epoch(1, never), on_cpu.train_epoch(1, never)),
+                      (two.train_epoch(1, never), PackedTrainer(spec, seeds, data, [None] * 5).train_epoch(1, never))):
+        assert got is not None and want is not None
+        for r in range(len(seeds)):
+            assert_metrics_close(got[r], want[r], 1e-6)
+
+
+def test_cpu_packs_follow_tensorflows_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: [])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    for threads, packs in ((0, 4), (1, 1), (2, 2), (8, 4)):  # 0: TensorFlow decides, one per core
+        monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda t=threads: t)
+        assert keras_packed.pack_devices() == [None] * packs
+
+
+def test_a_gpu_worker_claims_whole_configs_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+    from worker.main import GPU_PACK_SIZE, with_device_pack_size
+
+    default = Settings(trainer="keras")
+    assert "pack_size" not in default.model_fields_set
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: [])
+    assert with_device_pack_size(default).pack_size == default.pack_size  # a CPU keeps its default
+    monkeypatch.setattr(keras_packed, "accelerators", lambda: ["/device:GPU:0"])
+    assert with_device_pack_size(default).pack_size == GPU_PACK_SIZE == 256
+    told = Settings(trainer="keras", pack_size=6)
+    assert with_device_pack_size(told).pack_size == 6  # SWEEPLAB_PACK_SIZE / --pack-size win
+    assert with_device_pack_size(Settings(trainer="fake")).pack_size == Settings(trainer="fake").pack_size
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_pack")
+def test_a_threads_replicates_train_in_cache_sized_blocks_as_one_pack_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Width 256 with Adam: 3.3 MB of weights, gradients and slots per replicate, so a CPU thread's
+    four replicates train in blocks of two (CACHE_BLOCK_BYTES), one after another; each block is
+    rebuilt on its own as its replicates leave, and the results are one big pack's."""
+    spec = make_spec([256], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data(64, 40)
+    seeds = [*SEEDS, 99]
+    blocked = PackedTrainer(spec, seeds, data, [None] * len(seeds))
+    assert [(p.members, p.lane) for p in blocked.packs] == [([0, 1], 0), ([2, 3], 0)]
+    monkeypatch.setattr(keras_packed, "CACHE_BLOCK_BYTES", 1 << 40)
+    whole = PackedTrainer(spec, seeds, data, [None] * len(seeds))
+    assert [p.members for p in whole.packs] == [[0, 1, 2, 3]]
+    for epoch in (1, 2):
+        got, want = blocked.train_epoch(epoch, never), whole.train_epoch(epoch, never)
+        assert got is not None and want is not None and sorted(got) == sorted(want)
+        for r in got:
+            assert_metrics_close(got[r], want[r], 1e-6)
+        blocked.drop(1)  # its block of two is rebuilt as one
+        whole.drop(1)
+    assert [p.members for p in blocked.packs] == [[0], [2, 3]]
+    for r in (0, 2, 3):
+        assert_states_close(blocked.state(r), whole.state(r), 1e-6)
+
+
+@pytest.mark.slow
+def test_saved_models_of_trained_replicates_are_each_their_own(tmp_path: Path) -> None:
+    """save_keras reuses one Keras model for trained replicates: each file still holds its own
+    weights, optimizer state and learning rate."""
+    spec = make_spec([4], "softmax", "sparse_categorical_crossentropy", "adam")
+    data = make_data(64, 10)
+    trainer = PackedTrainer(spec, [1, 2, 3], data, [None] * 3, learning_rates=[0.02, 0.001, 0.005])
+    trainer.train_epoch(1, never)
+    for r in (2, 0, 1):
+        trainer.save_keras(r, str(tmp_path / f"{r}.keras"))
+    for r, rate in enumerate([0.02, 0.001, 0.005]):
+        loaded = keras.saving.load_model(str(tmp_path / f"{r}.keras"))
+        assert float(loaded.optimizer.learning_rate.numpy()) == pytest.approx(rate)
+        assert_states_close(get_state(loaded), trainer.state(r), 0)
