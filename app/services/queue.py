@@ -330,10 +330,14 @@ class ReapResult:
 
 def reap_expired(engine: Engine) -> ReapResult:
     """Return runs whose lease expired to the queue (or fail them after max_attempts, or cancel
-    them if cancel was asked). Safe to run from many processes at once: the loser changes nothing."""
-    expired = and_(Run.status == RunStatus.RUNNING.value, Run.source == RunSource.QUEUE.value,
-                   Run.lease_expires_at < db_now())
+    them if cancel was asked). Safe to run from many processes at once: the loser changes nothing.
+    The three UPDATEs share one cutoff read once from the database clock: the clock moves between
+    statements, and a run whose lease expired after the "failed" UPDATE but before the "requeued"
+    one would go back to the queue with its attempts used up (and train a fourth time of three)."""
     with write_session(engine) as s:
+        cutoff = float(s.scalar(select(db_now())) or 0.0)
+        expired = and_(Run.status == RunStatus.RUNNING.value, Run.source == RunSource.QUEUE.value,
+                       Run.lease_expires_at < cutoff)
         cancelled = list(s.scalars(
             update(Run).where(expired, Run.cancel_requested.is_(True))
             .values(status=RunStatus.CANCELLED.value, finished_at=db_now(), lease_token=None,

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 
 from app.db import write_session
 from app.errors import InvalidTransition
@@ -117,6 +117,31 @@ def test_reaper_fails_a_run_after_max_attempts(engine: Engine) -> None:
     run = get_run(engine, claim.run_id)
     assert run.status == "failed" and "lease expired" in (run.error or "")
     assert claim_runs(engine, "w3", 1, LEASE) == []
+
+
+def test_a_lease_expiring_while_the_reaper_runs_never_requeues_a_used_up_run(engine: Engine) -> None:
+    """The database clock moves between the reaper's statements: a run on its last attempt whose
+    lease expires after the "failed" UPDATE but before the "requeued" one must not go back to the
+    queue (it trained a fourth time of three under load). The reaper reads its cutoff once."""
+    make_sweep(engine, max_attempts=1)
+    (claim,) = claim_runs(engine, "w", 1, 0.6)
+    updates: list[str] = []
+
+    def slow_third_update(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE RUNS"):
+            updates.append(statement)
+            if len(updates) == 3:  # the "requeued" UPDATE: by now the lease has expired
+                time.sleep(1.0)
+
+    event.listen(engine, "before_cursor_execute", slow_third_update)
+    try:
+        first = reap_expired(engine)
+    finally:
+        event.remove(engine, "before_cursor_execute", slow_third_update)
+    assert len(updates) == 3
+    assert first.requeued == first.failed == [] and get_run(engine, claim.run_id).status == "running"
+    assert reap_expired(engine).failed == [claim.run_id]
+    assert claim_runs(engine, "w2", 1, LEASE) == [] and get_run(engine, claim.run_id).attempt == 1
 
 
 def test_reaping_twice_is_a_no_op(engine: Engine) -> None:
