@@ -95,7 +95,7 @@ def error_body(code: str, message: str, fields: list[dict[str, str]] | None = No
     return {"error": {"code": code, "message": message, "fields": list(fields or [])}}
 
 
-# MLflow's tracking protocol (app/api/mlflow.py) answers errors in MLflow's own shape,
+# MLflow's tracking protocol (app/api/mlflow/) answers errors in MLflow's own shape,
 # {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}, since its clients branch on error_code.
 MLFLOW_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/")
 # sweeplab's code -> (MLflow's error_code, the HTTP status MLflow answers it with; None: sweeplab's).

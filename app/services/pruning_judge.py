@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import statuses
 from app.models import Config, Metric, Run, RunEvent, RunStatus
 from app.services.pruning_ci import ci_decisions
 from app.services.pruning_optuna import optuna_decisions
@@ -19,7 +20,7 @@ from app.services.pruning_rule import rule_of
 from app.spec import SweepSpec
 
 QUEUED, RUNNING, PRUNED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.PRUNED.value
-FINAL = frozenset(s.value for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED))
+FINAL = frozenset(s.value for s in statuses.FINAL)  # the catalogue's final statuses, as stored
 
 
 @dataclass(frozen=True)

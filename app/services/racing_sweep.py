@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from app import statuses
 from app.db import read_session
 from app.models import Config, Run, RunStatus, Sweep
 from app.services.finals import final_rows_query
@@ -19,8 +20,7 @@ from app.services.racing_plan import RacePlan, plan_for
 from app.services.racing_replay import RaceState, replay
 from app.spec import SweepSpec
 
-FINAL_STATUSES = frozenset(s.value for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED,
-                                             RunStatus.PRUNED))
+FINAL_STATUSES = frozenset(s.value for s in statuses.FINAL)  # the catalogue's final statuses, as stored
 PRUNED = RunStatus.PRUNED.value
 
 
