@@ -25,6 +25,22 @@ from app.db import dispose_engines, engine_for
 from app.migrate import migrate
 
 PG_URL = os.environ.get("SWEEPLAB_TEST_DATABASE_URL")
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return UNIT_DIR in item.path.parents
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/unit touch no database (the `database_url` fixture refuses them), so the PostgreSQL
+    pass leaves them to the SQLite pass instead of running the same code twice."""
+    if not PG_URL:
+        return
+    unit = [item for item in items if _is_unit(item)]
+    if unit:
+        config.hook.pytest_deselected(items=unit)
+        items[:] = [item for item in items if not _is_unit(item)]
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +105,10 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database of its own for each test: empty, or already at head when the test asks for
-    `engine` (whose `migrate` then finds nothing to do)."""
+    `engine` (whose `migrate` then finds nothing to do). Unit tests get none: a test that needs a
+    database belongs in tests/integration (and runs in both passes)."""
+    if _is_unit(request.node):
+        pytest.fail(f"{request.node.nodeid}: a unit test asked for a database; move it to tests/integration")
     template = request.getfixturevalue("migrated_template") if "engine" in request.fixturenames else None
     if PG_URL:
         url = _fresh_pg_database(PG_URL, template)
