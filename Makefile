@@ -24,7 +24,8 @@ chromium:
 	@command -v /usr/bin/chromium >/dev/null && command -v docker-compose >/dev/null || \
 		(apt-get update -q && apt-get install -y -q chromium docker-compose)
 
-# The whole suite on SQLite, then again on PostgreSQL (each test gets a fresh database there).
+# The whole suite on SQLite, then again on PostgreSQL (each test gets a fresh database there; tests/unit,
+# which touch no database, run in the first pass only).
 test: $(STAMP) chromium
 	$(BIN)/pytest -q
 	@pg_isready -q -h 127.0.0.1 || { echo "PostgreSQL is not running on 127.0.0.1:5432 (needed for the second pass)"; exit 1; }
