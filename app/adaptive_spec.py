@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.listed_values import check_listed_values
 from app.metrics import PRIMARY_KEY
 from app.text import encodable, not_blank
 
@@ -87,14 +88,7 @@ class Distribution(_Strict):
     @classmethod
     def _distinct(cls, value: list[Any] | None) -> list[Any] | None:
         if value is not None:
-            seen = set()
-            for v in value:
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"{v} is not a finite number")
-                key = json.dumps(v, sort_keys=True)
-                if key in seen:
-                    raise ValueError(f"value {v!r} is listed twice")
-                seen.add(key)
+            check_listed_values(value)
         return value
 
     @model_validator(mode="before")

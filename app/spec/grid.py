@@ -4,9 +4,9 @@ values is written into a config's settings."""
 from __future__ import annotations
 
 import copy
-import json
-import math
 from typing import Any
+
+from app.listed_values import check_listed_values
 
 MAX_GRID_VALUES = 1000
 
@@ -43,14 +43,7 @@ def _check_grid_axis(path: str, values: list[Any], base: dict[str, Any]) -> None
         raise ValueError(f"grid.{path}: give at least one value")
     if len(values) > MAX_GRID_VALUES:
         raise ValueError(f"grid.{path}: at most {MAX_GRID_VALUES} values")
-    seen = set()
-    for v in values:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"grid.{path}: {v} is not a finite number")
-        key = json.dumps(v, sort_keys=True)
-        if key in seen:
-            raise ValueError(f"grid.{path}: value {v!r} is listed twice")
-        seen.add(key)
+    check_listed_values(values, f"grid.{path}: ")
 
 
 def _index(part: str, node: list[Any]) -> int | None:

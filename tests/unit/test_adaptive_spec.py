@@ -76,6 +76,8 @@ def test_grid_specs_keep_their_meaning_and_stored_shape() -> None:
      "epochs invalid"),
     ({"method": "random", "search": {"model.hidden": {"choice": [[8], [8]]}}, "max_configs": 1},
      "search.model.hidden.choice", "listed twice"),
+    ({"method": "random", "search": {"optimizer.learning_rate": {"choice": [0.1, math.nan]}}, "max_configs": 1},
+     "search.optimizer.learning_rate.choice", "nan is not a finite number"),
     ({"method": "random", "search": {"model.hidden": {"choice": []}}, "max_configs": 1},
      "search.model.hidden.choice", "at least 1"),
     ({"method": "random", "search": {"model.hidden": {"choice": [[8], [0]]}}, "max_configs": 1},

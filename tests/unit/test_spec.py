@@ -124,6 +124,7 @@ def test_duplicate_seeds_are_rejected() -> None:
         ({"model.width": [1]}, "unknown path"),
         ({"model.hidden": []}, "at least one value"),
         ({"model.hidden": [[8], [8]]}, "listed twice"),
+        ({"optimizer.learning_rate": [0.1, float("inf")]}, "grid.optimizer.learning_rate: inf is not a finite number"),
         ({"model.hidden": [[0]]}, "model.hidden.0"),
         ({"optimizer.learning_rate": [-1.0]}, "optimizer.learning_rate"),
         ({"epochs": [5, "many"]}, "epochs"),
