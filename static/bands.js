@@ -1,6 +1,6 @@
 // Replicate bands: per config the mean curve (bold), its spread (std or min-max band) and, when
 // loaded, every replicate's own curve (thin), one chart per metric key the runs report.
-import { PLOT_CONFIG, chartText, clearEmpty, el, fade, layout, metric, orderKeys, showEmpty } from "/static/common.js";
+import { PLOT_CONFIG, chartText, clearEmpty, el, epochTicks, fade, layout, metric, orderKeys, showEmpty } from "/static/common.js";
 
 export const MAX_SHOWN = 10; // configs drawn at first; more cost more to draw
 export const keysQuery = (keys) => keys.map((k) => `keys=${encodeURIComponent(k)}`).join("&");
@@ -76,8 +76,9 @@ export function drawCurves(prefix, keys, configs, agg, reps, mode, empty) {
   return Promise.all(boxes.map((box) => {
     const m = metric(box.dataset.key);
     clearEmpty(box);
-    return Plotly.react(box, curveTraces(m.key, configs, agg, reps, mode),
-      layout(m.title, "epoch", m.axis, { legend: { itemclick: "toggle", itemdoubleclick: "toggleothers" } }), PLOT_CONFIG);
+    const traces = curveTraces(m.key, configs, agg, reps, mode);
+    return Plotly.react(box, traces, layout(m.title, "epoch", m.axis,
+      { xaxis: epochTicks(traces), legend: { itemclick: "toggle", itemdoubleclick: "toggleothers" } }), PLOT_CONFIG);
   }));
 }
 

@@ -111,6 +111,14 @@ export function el(tag, attrs = {}, ...children) {
 // it as the trace name (%{fullData.name}) or in customdata, which Plotly does not expand again.
 export const chartText = (value) => String(value ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
+// The epoch axis of curve charts: on short runs Plotly's automatic ticks fall between epochs
+// (0, 0.5, 1, ...); up to 10 epochs every epoch gets its own tick instead.
+export function epochTicks(traces) {
+  let last = 0;
+  for (const t of traces) for (const x of t.x || []) if (x > last) last = x;
+  return last <= 10 ? { tick0: 0, dtick: 1 } : {};
+}
+
 // Titles are plain text (escaped here); extra.xaxis / extra.yaxis titles must come escaped.
 export function layout(title, xTitle, yTitle, extra = {}) {
   return {

@@ -2,7 +2,7 @@
 // accuracy first), the confusion matrix, and the first test images with the network's outputs before
 // and after training. Live while it trains.
 import {
-  PLOT_CONFIG, api, chartText, clearEmpty, el, isFinal, markReady, metric, openStream, orderKeys, plotlyReady, post,
+  PLOT_CONFIG, api, chartText, clearEmpty, el, epochTicks, isFinal, markReady, metric, openStream, orderKeys, plotlyReady, post,
   showEmpty, statusInfo, statusLabel, throttle,
 } from "/static/common.js";
 import { imageAxes, imageTrace } from "/static/images.js";
@@ -56,7 +56,7 @@ function drawPair(holder, pair) {
   clearEmpty(holder);
   return Plotly.react(holder, traces, {
     title: { text: chartText(`${pair.map((g) => g.axis).join(" and ")} per epoch`), font: { size: 15 } },
-    xaxis: { title: { text: "epoch" } }, ...lay,
+    xaxis: { title: { text: "epoch" }, ...epochTicks(traces) }, ...lay,
     legend: { title: { text: "series" }, orientation: "h", y: -0.2 }, margin: { t: 44, r: 60, b: 40, l: 64 },
     uirevision: "keep",
   }, PLOT_CONFIG);

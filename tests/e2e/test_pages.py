@@ -195,3 +195,24 @@ def test_the_list_runs_the_mnist_study_and_cancels_a_sweep(page: Page, live_serv
     assert counts["queued"] == 0 and counts["cancelled"] > 0
     assert "cancelled" in first.locator(".progress-text").inner_text()
     assert page.errors == []
+
+
+TICKS = "(sel) => document.querySelector(sel)._fullLayout.xaxis._vals.map((v) => v.x)"
+
+
+def test_short_runs_tick_the_epoch_axis_at_whole_epochs(page: Page, engine: Engine) -> None:
+    """Plotly's automatic ticks on a 0..3 epoch axis fall at 0, 0.5, 1, ...: the curve charts of the
+    sweep page and the run page tick at whole epochs instead; a long run keeps Plotly's own ticks."""
+    short = seed_sweep(engine, {**WIDTHS_SPEC, "name": "short", "grid": {}, "replicates": 2, "epochs": 3})
+    long = seed_sweep(engine, {**WIDTHS_SPEC, "name": "long", "grid": {}, "replicates": 2, "epochs": 40})
+    run = list_runs(engine, short.id)[0]
+    for path, chart in ((f"/sweeps/{short.id}", "#curve-loss"), (f"/runs/{run.id}", "#chart-run")):
+        p = page.open(path)
+        p.wait_for_function("(sel) => document.querySelector(sel)._fullLayout", arg=chart, timeout=10_000)
+        ticks = p.evaluate(TICKS, chart)
+        assert ticks == [0, 1, 2, 3], f"{path}: {ticks}"
+    p = page.open(f"/sweeps/{long.id}")
+    p.wait_for_function("(sel) => document.querySelector(sel)._fullLayout", arg="#curve-loss", timeout=10_000)
+    ticks = p.evaluate(TICKS, "#curve-loss")
+    assert 3 <= len(ticks) <= 10 and all(float(t).is_integer() for t in ticks), ticks
+    assert page.errors == []
