@@ -18,6 +18,7 @@ from app.errors import NotFound, SweeplabError
 from app.models import Config, CurveStat, Metric, Run, Sweep
 from app.numbers import finite_or_none
 from app.services.curve_cells import Columns, add_cell, empty
+from app.services.incremental import parts_of_one
 from app.services.memo import dumps, memo
 from app.services.snapshots import Scope, Snapshot, cursor_of, snapshot
 from app.services.stream import snapshot_session, sweep_seqs
@@ -125,26 +126,14 @@ def _aggregate_key(engine: Engine, key: str, scope: Scope) -> dict[int, Columns]
     return out
 
 
-_generation = itertools.count(1)
-
-
 def _aggregates_of(engine: Engine, key: str, scope: Scope, snap: Snapshot) -> tuple[int, dict[int, Columns]]:
-    """KEY's curves of every config in SCOPE, recomputing only the configs whose runs changed; with
-    a generation number that changes whenever the curves do."""
-    hit = memo.peek((engine.url, "agg", scope, key))
-    if hit is None:
-        value = _aggregate_key(engine, key, scope)
-    else:
-        older, (generation, value) = hit
-        changed = snap.changed_configs(engine, older)
-        if not changed:
-            memo.put((engine.url, "agg", scope, key), snap, (generation, value))
-            return generation, value
-        fresh = _aggregate_key(engine, key, Scope(scope.sweep_id, tuple(sorted(changed))))
-        value = {c: col for c, col in value.items() if c not in changed} | fresh
-    generation = next(_generation)
-    memo.put((engine.url, "agg", scope, key), snap, (generation, value))
-    return generation, value
+    """KEY's curves of every config in SCOPE, recomputing only the configs whose runs changed
+    (app.services.incremental); with a generation number that changes whenever the curves do."""
+    def curves(only: list[int] | None) -> dict[int, Columns]:
+        return _aggregate_key(engine, key, scope if only is None else Scope(scope.sweep_id, tuple(only)))
+
+    parts = parts_of_one(engine, (engine.url, "agg", scope, key), snap, curves)
+    return parts.generation, parts.by_config
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, and_, select
 from app.db import read_session
 from app.models import Run, RunFinal, RunStatus
 from app.numbers import finite_or_none
-from app.services.memo import memo
-from app.services.snapshots import Scope, Snapshot, snapshot
+from app.services.incremental import parts_of
+from app.services.snapshots import Scope, snapshot
 
 SUCCEEDED = RunStatus.SUCCEEDED.value
 
@@ -50,46 +50,24 @@ def finals_by_key(engine: Engine, scope: Scope, keys: Sequence[str]) -> dict[str
     """Per key of KEYS, per config of SCOPE: the finals of its succeeded runs (run id, seed, value),
     in run id order. A config with no succeeded run logging the key is absent.
 
-    Cached per scope and key with the snapshot they hold for (app.services.snapshots): a later call
-    reads again only the configs whose runs changed since (a run finished: one config's finals, not
-    the sweep's), so the table, verdicts, importance and parallel coordinates share one read. The
-    finals are read after the snapshot, so they hold at least what it saw; what came after it is
-    read again next time. Callers must not change what they get."""
+    Cached per scope and key with the snapshot they hold for (app.services.incremental): a later
+    call reads again only the configs whose runs changed since (a run finished: one config's finals,
+    not the sweep's), in one read for all the keys, so the table, verdicts, importance and parallel
+    coordinates share one read. The finals are read after the snapshot, so they hold at least what
+    it saw; what came after it is read again next time. Callers must not change what they get."""
     snap = snapshot(engine, scope)
-    out: dict[str, Finals] = {}
-    stale: dict[int, tuple[Snapshot, list[str]]] = {}  # per older snapshot: its keys (usually all share one)
-    fresh: list[str] = []
-    for key in keys:
-        hit = memo.peek((engine.url, "finals", scope, key))
-        if hit is None:
-            fresh.append(key)
-        elif hit[0] is snap:
-            out[key] = hit[1]
-        else:
-            stale.setdefault(id(hit[0]), (hit[0], []))[1].append(key)
-    if fresh:
-        for key, value in _read(engine, scope.where(), fresh).items():
-            memo.put((engine.url, "finals", scope, key), snap, value)
-            out[key] = value
-    for older, older_keys in stale.values():
-        if any(snap.seqs.get(sweep, 0) < seq for sweep, seq in older.seqs.items()):  # a new database at this URL
-            for key, value in _read(engine, scope.where(), older_keys).items():
-                memo.put((engine.url, "finals", scope, key), snap, value)
-                out[key] = value
-            continue
-        changed = snap.changed_configs(engine, older)
-        again = _read(engine, and_(scope.where(), Run.config_id.in_(sorted(changed))), older_keys) if changed else {}
-        for key in older_keys:
-            hit = memo.peek((engine.url, "finals", scope, key))
-            before = hit[1] if hit is not None and hit[0] is older else {}
-            if hit is None or hit[0] is not older:  # replaced meanwhile: read it whole
-                value = _read(engine, scope.where(), [key])[key]
-            else:
-                value = {c: v for c, v in before.items() if c not in changed} | again.get(key, {})
-                value = dict(sorted(value.items(), key=lambda item: item[1][0][0]))  # configs by first run id
-            memo.put((engine.url, "finals", scope, key), snap, value)
-            out[key] = value
-    return {k: out[k] for k in keys}
+
+    def read(names: list[str], only: list[int] | None) -> dict[str, Finals]:
+        where = scope.where() if only is None else and_(scope.where(), Run.config_id.in_(only))
+        return _read(engine, where, names)
+
+    parts = parts_of(engine, {key: (engine.url, "finals", scope, key) for key in keys}, snap, read,
+                     order=_by_first_run)
+    return {key: p.by_config for key, p in parts.items()}
+
+
+def _by_first_run(finals: Finals) -> Finals:
+    return dict(sorted(finals.items(), key=lambda item: item[1][0][0]))
 
 
 def final_values(engine: Engine, *, sweep_id: int | None = None, config_ids: Sequence[int] | None = None,

@@ -21,6 +21,7 @@ from app.services import stats
 from app.services.axes import describe_axes
 from app.services.charts import config_rows, with_counts
 from app.services.finals import final_rows_query
+from app.services.incremental import kept_while, parts_of_one, same_statuses
 from app.services.memo import dumps, memo
 from app.services.moments import grouped_moments, sample_std
 from app.services.snapshots import Scope, Snapshot, snapshot
@@ -85,25 +86,19 @@ def _table(engine: Engine, scope: Scope, configs: list[dict[str, Any]], snap: Sn
 
 
 def _rows(engine: Engine, scope: Scope, configs: list[dict[str, Any]], snap: Snapshot) -> list[dict[str, Any]]:
-    """The table's rows, cached while the run statuses hold; after a change only the rows of the
-    configs whose runs changed since (app.services.snapshots) are computed again (a run finished:
-    one row, not the sweep's)."""
-    key = (engine.url, "table", scope)
-    hit = memo.peek(key)
-    if hit is not None and hit[0].status_digest == snap.status_digest:
-        return hit[1]  # type: ignore[no-any-return]
-    if hit is None:
-        rows = _table(engine, scope, configs, snap)
-    else:
-        older, before = hit
-        changed = snap.changed_configs(engine, older)
-        kept = {r["id"]: r for r in before if r["id"] not in changed}
-        todo = [c for c in configs if c["id"] not in kept]
-        again = _table(engine, Scope(scope.sweep_id, tuple(sorted(c["id"] for c in todo))), todo, snap) if todo else []
-        fresh = {r["id"]: r for r in again}
-        rows = [fresh[c["id"]] if c["id"] in fresh else kept[c["id"]] for c in configs]
-    memo.put(key, snap, rows)
-    return rows
+    """The table's rows, in the order of CONFIGS, cached while the run statuses hold; after a change
+    only the rows of the configs whose runs changed since (app.services.incremental) are computed
+    again (a run finished: one row, not the sweep's)."""
+    def table(only: list[int] | None) -> dict[int, dict[str, Any]]:
+        if only is None:
+            return {r["id"]: r for r in _table(engine, scope, configs, snap)}
+        todo = set(only)
+        part = Scope(scope.sweep_id, tuple(only))
+        return {r["id"]: r for r in _table(engine, part, [c for c in configs if c["id"] in todo], snap)}
+
+    parts = parts_of_one(engine, (engine.url, "table", scope), snap, table, holds=same_statuses,
+                         wanted=[c["id"] for c in configs])
+    return list(parts.by_config.values())
 
 
 def final_table(engine: Engine, sweep_id: int | None = None,
@@ -122,10 +117,11 @@ def final_table(engine: Engine, sweep_id: int | None = None,
 
 
 def final_table_json(engine: Engine, sweep_id: int) -> bytes:
-    """`final_table` of a sweep serialised, cached while its run statuses hold."""
+    """`final_table` of a sweep serialised, cached while its run statuses hold (and the database is
+    the one it was read from, app.services.incremental)."""
     get_sweep_row(engine, sweep_id)
     snap = snapshot(engine, Scope(sweep_id))
-    return memo.get((engine.url, "table-json", sweep_id), snap.status_digest, lambda: _table_json(engine, sweep_id))
+    return kept_while((engine.url, "table-json", sweep_id), snap, same_statuses, lambda: _table_json(engine, sweep_id))
 
 
 def _table_json(engine: Engine, sweep_id: int) -> bytes:
