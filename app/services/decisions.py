@@ -11,8 +11,8 @@ from sqlalchemy import Engine, func, select
 from app.db import read_session
 from app.models import Config, Run, RunStatus
 from app.services import pruning, racing
+from app.services.stored_spec import races_or_prunes, stored_spec
 from app.services.sweeps import get_sweep_row
-from app.spec import SweepSpec
 
 LIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
@@ -40,22 +40,11 @@ def prune_method(rule: pruning.PruneRule) -> str:
             f" 1/{pruning.ASHA_REDUCTION} of the configs that reached that epoch. No error rate.")
 
 
-def _stored_spec(sweep: Any) -> SweepSpec | None:
-    if not isinstance(sweep.spec, dict) or not (sweep.spec.get("race") or sweep.spec.get("prune")):
-        return None
-    from pydantic import ValidationError
-
-    try:
-        return SweepSpec.model_validate(sweep.spec)
-    except ValidationError:
-        return None
-
-
 def sweep_decisions(engine: Engine, sweep_id: int) -> dict[str, Any]:
     """Per config: state (racing, settled, best, unsettled, pruned, training, done) and a sentence;
     the race's and the prune's methods. A sweep with neither answers nulls and no configs."""
     sweep = get_sweep_row(engine, sweep_id)
-    spec = _stored_spec(sweep)
+    spec = stored_spec(sweep, races_or_prunes)
     answer: dict[str, Any] = {"sweep_id": sweep_id, "race": None, "prune": None, "configs": []}
     if spec is None:
         return answer

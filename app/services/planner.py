@@ -30,13 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Engine, and_, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import db_now, read_session, write_session
 from app.models import Config, Run, RunSource, RunStatus, Sweep, SweepKind, Worker
 from app.packing import pack_key
+from app.services.stored_spec import searches_or_races
+from app.services.stored_spec import stored_spec as read_stored_spec
 from app.spec import ExpandedConfig, SweepSpec, describe_params
 
 log = logging.getLogger("sweeplab.planner")
@@ -72,17 +73,9 @@ def sweep_lock(session: Session, sweep_id: int) -> Sweep | None:
 
 def stored_spec(sweep: Sweep) -> SweepSpec | None:
     """The spec of a queued sweep, if it is adaptive (None for a grid sweep, an external one, or a spec
-    this version cannot read)."""
-    if sweep.kind != SweepKind.QUEUED.value or not isinstance(sweep.spec, dict):
-        return None
-    if not (sweep.spec.get("method") in ("random", "tpe") or sweep.spec.get("race")):
-        return None
-    try:
-        spec = SweepSpec.model_validate(sweep.spec)
-    except ValidationError:
-        log.warning("sweep %d: its stored spec no longer validates; not planning it", sweep.id)
-        return None
-    return spec if spec.adaptive else None
+    this version cannot read: app.services.stored_spec)."""
+    spec = read_stored_spec(sweep, searches_or_races)
+    return spec if spec is not None and spec.adaptive else None
 
 
 def plan(engine: Engine, sweep_id: int, *, lease_seconds: float = 60.0) -> PlanResult:

@@ -54,6 +54,7 @@ from app.services.pruning_judge import FINAL, PRUNED, QUEUED, RUNNING, SweepRuns
 from app.services.pruning_optuna import ASHA_REDUCTION, optuna_decisions
 from app.services.pruning_rule import PruneRule, rule_of
 from app.services.queue import Claim
+from app.services.stored_spec import prunes, stored_spec
 from app.spec import SweepSpec
 
 __all__ = [
@@ -81,15 +82,8 @@ __all__ = [
 
 
 def spec_of(sweep: Sweep) -> SweepSpec | None:
-    """A queued sweep's spec if it prunes."""
-    if sweep.kind != SweepKind.QUEUED.value or not isinstance(sweep.spec, dict) or not sweep.spec.get("prune"):
-        return None
-    from pydantic import ValidationError
-
-    try:
-        return SweepSpec.model_validate(sweep.spec)
-    except ValidationError:
-        return None
+    """A queued sweep's spec if it prunes (app.services.stored_spec)."""
+    return stored_spec(sweep, prunes)
 
 
 def pruning_sweeps(engine: Engine, sweep_ids: Sequence[int]) -> set[int]:
