@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, read_session, write_session
 from app.models import Config, Run, RunSource, RunStatus
-from app.services.queue_fence import _event
+from app.services.queue_fence import add_event
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def claim_runs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
         train = _trains(s, rows)
         for r in rows:
             kind = "resumed" if r.last_epoch >= 0 else "claimed"
-            _event(s, r.id, kind, worker_id, r.last_epoch if r.last_epoch >= 0 else None,
+            add_event(s, r.id, kind, worker_id, r.last_epoch if r.last_epoch >= 0 else None,
                    f"attempt {r.attempt}")
     return _claims(rows, token, train)
 

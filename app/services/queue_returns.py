@@ -14,7 +14,7 @@ from sqlalchemy import Engine, and_, select, update
 from app.db import db_now, write_session
 from app.models import Run, RunSource, RunStatus
 from app.services.queue_claims import Claim
-from app.services.queue_fence import _event, _fence
+from app.services.queue_fence import add_event, held_by
 
 
 def release_run(engine: Engine, claim: Claim, reason: str = "worker stopping") -> bool:
@@ -22,21 +22,21 @@ def release_run(engine: Engine, claim: Claim, reason: str = "worker stopping") -
     A run whose cancel is pending ends cancelled instead: queued again, it would train another epoch."""
     with write_session(engine) as s:
         cancelled = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token), Run.cancel_requested.is_(True))
+            update(Run).where(held_by(claim.run_id, claim.token), Run.cancel_requested.is_(True))
             .values(status=RunStatus.CANCELLED.value, finished_at=db_now(), lease_expires_at=None)
             .returning(Run.id)
         ).first()
         if cancelled is not None:
-            _event(s, claim.run_id, RunStatus.CANCELLED.value, None, None, f"cancel asked; {reason}")
+            add_event(s, claim.run_id, RunStatus.CANCELLED.value, None, None, f"cancel asked; {reason}")
             return True
         done = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token))
+            update(Run).where(held_by(claim.run_id, claim.token))
             .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None,
                     lease_expires_at=None, attempt=Run.attempt - 1)
             .returning(Run.id)
         ).first()
         if done is not None:
-            _event(s, claim.run_id, "released", None, None, reason)
+            add_event(s, claim.run_id, "released", None, None, reason)
     return done is not None
 
 
@@ -46,21 +46,21 @@ def requeue_crashed(engine: Engine, claim: Claim, error: str) -> RunStatus | Non
     None if the lease was already lost."""
     with write_session(engine) as s:
         failed = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token), Run.attempt >= Run.max_attempts)
+            update(Run).where(held_by(claim.run_id, claim.token), Run.attempt >= Run.max_attempts)
             .values(status=RunStatus.FAILED.value, error=error, finished_at=db_now(), lease_expires_at=None)
             .returning(Run.id)
         ).first()
         if failed is not None:
-            _event(s, claim.run_id, RunStatus.FAILED.value, None, None, error)
+            add_event(s, claim.run_id, RunStatus.FAILED.value, None, None, error)
             return RunStatus.FAILED
         requeued = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token))
+            update(Run).where(held_by(claim.run_id, claim.token))
             .values(status=RunStatus.QUEUED.value, worker_id=None, lease_token=None, lease_expires_at=None)
             .returning(Run.id)
         ).first()
         if requeued is None:
             return None
-        _event(s, claim.run_id, "requeued", None, None, error)
+        add_event(s, claim.run_id, "requeued", None, None, error)
     return RunStatus.QUEUED
 
 
@@ -102,5 +102,5 @@ def reap_expired(engine: Engine) -> ReapResult:
         kinds = ((cancelled, RunStatus.CANCELLED.value), (failed, RunStatus.FAILED.value), (requeued, "requeued"))
         for ids, kind in kinds:
             for run_id in ids:
-                _event(s, run_id, kind, None, None, "lease expired")
+                add_event(s, run_id, kind, None, None, "lease expired")
     return ReapResult(requeued, failed, cancelled)

@@ -20,7 +20,7 @@ from app.db import db_now, dialect_insert, read_session, write_session
 from app.models import Artifact, Checkpoint, Metric, Run, RunStatus, metric_value
 from app.services.provenance import ATTEMPT, with_earlier
 from app.services.queue_claims import Claim
-from app.services.queue_fence import _event, _fence
+from app.services.queue_fence import add_event, held_by
 
 
 class WriteOutcome(Enum):
@@ -75,7 +75,7 @@ def record_epoch(
     last_epoch, checkpoint and any artifacts. Renews the lease as a heartbeat does."""
     with write_session(engine) as s:
         row = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token))
+            update(Run).where(held_by(claim.run_id, claim.token))
             # A retry of an epoch already stored (its commit's answer was lost) adds no time twice.
             .values(last_epoch=epoch,
                     train_seconds=case((Run.last_epoch < epoch, Run.train_seconds + seconds),
@@ -109,20 +109,20 @@ def record_provenance(engine: Engine, claims: list[Claim], provenance: Mapping[i
         for claim in claims:
             if claim.run_id not in provenance:
                 continue
-            held = s.execute(select(Run.provenance).where(_fence(claim.run_id, claim.token))
+            held = s.execute(select(Run.provenance).where(held_by(claim.run_id, claim.token))
                              .with_for_update()).first()
             if held is None:
                 lost.add(claim.run_id)
                 continue
             merged = with_earlier(held.provenance, {**provenance[claim.run_id], ATTEMPT: claim.attempt})
-            s.execute(update(Run).where(_fence(claim.run_id, claim.token)).values(provenance=merged))
+            s.execute(update(Run).where(held_by(claim.run_id, claim.token)).values(provenance=merged))
     return lost
 
 
 def record_output(engine: Engine, claim: Claim, output: str) -> bool:
     """Store the latest (bounded) output of a held program run, fenced; False if the lease is lost."""
     with write_session(engine) as s:
-        return s.execute(update(Run).where(_fence(claim.run_id, claim.token)).values(output=output)
+        return s.execute(update(Run).where(held_by(claim.run_id, claim.token)).values(output=output)
                          .returning(Run.id)).first() is not None
 
 
@@ -131,13 +131,13 @@ def restart_run(engine: Engine, claim: Claim, reason: str) -> bool:
     program run claimed again that cannot resume (it keeps no checkpoint): its new epochs would
     otherwise mix with the old ones. False if the lease is lost."""
     with write_session(engine) as s:
-        held = s.execute(update(Run).where(_fence(claim.run_id, claim.token))
+        held = s.execute(update(Run).where(held_by(claim.run_id, claim.token))
                          .values(last_epoch=-1, train_seconds=0.0).returning(Run.id)).first()
         if held is None:
             return False
         for table in (Metric, Checkpoint):
             s.execute(delete(table).where(table.run_id == claim.run_id))
-        _event(s, claim.run_id, "restarted", None, None, reason)
+        add_event(s, claim.run_id, "restarted", None, None, reason)
     return True
 
 
@@ -154,7 +154,7 @@ def finish_run(
     connection cut at COMMIT) sees its own finish and answers True again."""
     with write_session(engine) as s:
         done = s.execute(
-            update(Run).where(_fence(claim.run_id, claim.token))
+            update(Run).where(held_by(claim.run_id, claim.token))
             .values(status=status.value, error=error, finished_at=db_now(), lease_expires_at=None)
             .returning(Run.id)
         ).first()
@@ -165,7 +165,7 @@ def finish_run(
             _put_artifacts(s, claim.run_id, artifacts)
         if status == RunStatus.SUCCEEDED:  # its model artifact supersedes the checkpoint
             s.execute(delete(Checkpoint).where(Checkpoint.run_id == claim.run_id))
-        _event(s, claim.run_id, status.value, None, None, error)
+        add_event(s, claim.run_id, status.value, None, None, error)
     return True
 
 
