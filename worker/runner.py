@@ -12,125 +12,47 @@ errors while the lease lasts (the queue's writes are idempotent); if the databas
 the pack stops and its runs go back to the queue (released, or their leases expire), never to
 `failed`. Running out of memory takes the whole pack down, so it is treated as a crash is: each
 run goes back with its attempt counted and trains alone next time.
+
+PackRunner (here) trains and records; the pack's state and how its runs end live in
+worker.pack_settlement, the phase timing in worker.phase_clock, the prepared data in
+worker.prepared_data and the error texts in worker.training_errors (all re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import Settings
-from app.datasets import DatasetUnavailable, load
 from app.metrics import EPOCH_SECONDS, LOSS
 from app.models import RunStatus
 from app.packing import pack_key
-from app.retry import DatabaseUnavailable, retry_transient
+from app.retry import DatabaseUnavailable
 from app.services.pruning import after_epoch, lagging, pruning_sweeps
-from app.services.queue import (
-    Claim,
-    WriteOutcome,
-    finish_run,
-    heartbeat,
-    load_checkpoint,
-    record_epoch,
-    record_provenance,
-    release_run,
-    requeue_crashed,
-)
+from app.services.queue import WriteOutcome, load_checkpoint, record_epoch, record_provenance
 from app.spec import TrainSpec
-from worker.artifacts import (
-    OUTPUT_IMAGES,
-    Artifact,
-    confusion,
-    model_path,
-    outputs,
-    remove_model_file,
-    write_model_file,
-)
+from worker.artifacts import OUTPUT_IMAGES, Artifact, outputs
 from worker.checkpoint import dump_state, load_state
-from worker.heartbeat import Heartbeat, Lease
+from worker.pack_settlement import PackSettlement
+from worker.phase_clock import PhaseClock
+from worker.prepared_data import _prepared, prepared_data
 from worker.provenance import pack_provenance
-from worker.trainer import ModelBuildError, PreparedData, State, Trainer, TrainerFactory
+from worker.trainer import PreparedData, State, Trainer
+from worker.training_errors import is_out_of_memory, readable_error
+
+__all__ = ["PRUNE_POLL_SECONDS", "PackRunner", "PackSettlement", "PhaseClock", "_prepared", "is_out_of_memory",
+           "prepared_data", "readable_error"]
 
 log = logging.getLogger("sweeplab.worker")
-T = TypeVar("T")
-
-
-class PhaseClock:
-    """Seconds spent per phase of one pack (data, build, evaluate, train, record, settle...), logged
-    in one line when the pack ends: where a pack's wall time goes, measured, not guessed."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def add(self, phase: str, since: float) -> float:
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
-        return now
-
-    def line(self) -> str:
-        total = time.perf_counter() - self.started
-        parts = " ".join(f"{k}={v:.2f}" for k, v in self.seconds.items())
-        return f"{total:.2f}s: {parts} other={total - sum(self.seconds.values()):.2f}"
 PRUNE_POLL_SECONDS = 0.25  # how often a pack of a pruning sweep looks whether the others reached its epoch
-# (dataset, limits) -> (the loaded data it was prepared from, the prepared data): a changed file is reloaded.
-_prepared: dict[tuple[str, int | None, int | None], tuple[object, PreparedData]] = {}
 
 
-def prepared_data(spec: TrainSpec, settings: Settings) -> PreparedData:
-    limit = spec.limit
-    key = (spec.dataset, limit.train if limit else None, limit.test if limit else None)
-    images = load(spec.dataset, settings.data_dir)  # cached by app.datasets until the file changes
-    held = _prepared.get(key)
-    if held is None or held[0] is not images:
-        for old in [k for k, (source, _) in _prepared.items() if k[0] == spec.dataset and source is not images]:
-            del _prepared[old]
-        limited = images.limited(limit.train, limit.test) if limit else images
-        _prepared[key] = held = (images, PreparedData.from_images(limited))
-    return held[1]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or TensorFlow's ResourceExhaustedError (known by name: no TF import here)."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, MemoryError) or "ResourceExhaustedError" in names or "OOM when allocating" in str(exc)
-
-
-def readable_error(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-    if is_out_of_memory(exc) or "OOM" in text:
-        return f"out of memory while training ({name}): {text} — try a smaller pack size or model"
-    if isinstance(exc, (DatasetUnavailable, ModelBuildError)):
-        return text
-    return f"training failed: {name}: {text}"
-
-
-class PackRunner:
+class PackRunner(PackSettlement):
     """Runs one pack to the end: trains, records, finishes, releases or drops each run."""
-
-    def __init__(self, engine: Engine, settings: Settings, claims: list[Claim], factory: TrainerFactory,
-                 shutdown: threading.Event, claimed_at: float | None = None):
-        self.engine, self.settings, self.factory, self.shutdown = engine, settings, factory, shutdown
-        self.claims = {c.run_id: c for c in claims}
-        self.index = {c.run_id: i for i, c in enumerate(claims)}  # run id -> replicate index
-        self.active: set[int] = set(self.claims)
-        self.done_epoch = {c.run_id: c.last_epoch for c in claims}  # last epoch recorded per run
-        self.lease = Lease(settings.lease_seconds, claimed_at)
-        self.beat = Heartbeat(engine, settings, self.claims, self.active, shutdown, self.lease)
-        self.pruning: set[int] | None = None  # the pack's sweeps that prune (app.services.pruning), read once
-        self.clock = PhaseClock()
 
     def run(self) -> None:
         self.beat.start()  # before data loading and trainer building: the leases run from the claim
@@ -154,56 +76,7 @@ class PackRunner:
         finally:
             self.beat.finished.set()
 
-    # ---- database calls: retried through transient errors while the lease lasts
-
-    def _db(self, what: str, call: Callable[[], T]) -> T:
-        return retry_transient(call, self.lease.retry_seconds(self.settings), what)
-
-    def _ending(self, settle: Callable[[], None]) -> None:
-        """Settle the pack after an error; if the database fails now, the leases will expire."""
-        try:
-            settle()
-        except (DatabaseUnavailable, SQLAlchemyError) as exc:
-            log.warning("runs %s: could not settle them (%s); their leases will expire", sorted(self.active),
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-    def _live(self) -> list[Claim]:
-        return [self.claims[i] for i in sorted(self.active) if i not in self.beat.lost]
-
-    def _give_back(self) -> None:
-        """Release the runs, retried as long as the lease lasts: a release gives the attempt back, so
-        database outages never use up a run's attempts. Past the lease the reaper requeues them."""
-        for claim in self._live():
-            retry_transient(partial(release_run, self.engine, claim, "database unavailable"),
-                            self.lease.left(), f"release run {claim.run_id}")
-
-    def _requeue(self, error: str) -> None:
-        for claim in self._live():
-            self._db(f"requeue run {claim.run_id}", partial(requeue_crashed, self.engine, claim, error))
-
-    def _fail(self, error: str) -> None:
-        for claim in self._live():
-            self._db(f"fail run {claim.run_id}",
-                     partial(finish_run, self.engine, claim, RunStatus.FAILED, error))
-
-    def _finish(self, claim: Claim, status: RunStatus, error: str | None = None,
-                artifacts: dict[str, Artifact] | None = None) -> bool:
-        return self._db(f"finish run {claim.run_id}",
-                        lambda: finish_run(self.engine, claim, status, error, artifacts))
-
-    def _holds(self, claim: Claim) -> bool:
-        """A fenced check (it renews the lease) that the run is still ours."""
-        states = self._db(f"check lease of run {claim.run_id}", lambda: self.lease.renewing(
-            lambda: heartbeat(self.engine, [claim], self.settings.lease_seconds)))
-        return states[claim.run_id].held
-
     # ---- training
-
-    def _drop(self, trainer: Trainer | None, run_id: int) -> None:
-        with self.beat.lock:
-            self.active.discard(run_id)
-        if trainer is not None and run_id in self.index:
-            trainer.drop(self.index[run_id])
 
     def _learning_rates(self, spec: TrainSpec) -> list[float] | None:
         """Each replicate's learning rate when the pack mixes rates, else None (the spec's for all)."""
@@ -332,52 +205,3 @@ class PackRunner:
             self._finish(claim, RunStatus.FAILED, f"training diverged: the loss is {metrics[LOSS]} at epoch "
                                                   f"{epoch} (a lower learning rate usually helps)")
             self._drop(trainer, run_id)
-
-    def _settle(self, trainer: Trainer, data: PreparedData) -> None:
-        """After the loop: finish what completed, cancel what was asked, release the rest."""
-        for run_id in sorted(self.active):
-            self._settle_run(trainer, run_id, data)
-
-    def _settle_done(self, trainer: Trainer, data: PreparedData) -> None:
-        """End the runs whose own epochs are done now (a pack may mix epoch counts) and drop their
-        replicates: the rest of the pack trains on without them."""
-        for run_id in [i for i in sorted(self.active) if self._completed(i)]:
-            self._settle_run(trainer, run_id, data)
-            self._drop(trainer, run_id)
-
-    def _settle_run(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
-        t = time.perf_counter()
-        try:
-            self._settle_one(trainer, run_id, data)
-        finally:
-            self.clock.add("settle", t)
-
-    def _settle_one(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
-        claim = self.claims[run_id]
-        if run_id in self.beat.lost:
-            log.warning("run %d: lease lost (heartbeat refused); dropping it", run_id)
-        elif run_id in self.beat.cancelled:
-            self._finish(claim, RunStatus.CANCELLED)
-        elif not self._completed(run_id):
-            self._db(f"release run {run_id}", partial(release_run, self.engine, claim))
-        else:
-            self._succeed(trainer, run_id, data)
-
-    def _completed(self, run_id: int) -> bool:
-        return self.done_epoch[run_id] >= self.claims[run_id].epochs
-
-    def _succeed(self, trainer: Trainer, run_id: int, data: PreparedData) -> None:
-        """Store the final artifacts and end the run succeeded. The model file is written only while
-        the lease is held, and removed again if the finish is refused: a worker that lost the run
-        leaves no file of it behind."""
-        claim, i = self.claims[run_id], self.index[run_id]
-        artifacts = {"confusion_matrix": confusion(trainer, i, data), "outputs_after": outputs(trainer, i, data)}
-        if not self._holds(claim):
-            log.warning("run %d: lease lost before its model was saved; dropping it", run_id)
-            return
-        folder = Path(self.settings.artifacts_dir)
-        written = write_model_file(trainer, i, folder, run_id)
-        artifacts["model.keras"] = ("application/octet-stream", model_path(folder, run_id).read_bytes())
-        if not self._finish(claim, RunStatus.SUCCEEDED, None, artifacts):
-            log.warning("run %d: lease lost while its model was saved; removing the file", run_id)
-            remove_model_file(folder, run_id, written)
