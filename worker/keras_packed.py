@@ -15,17 +15,21 @@ Where the time goes (2 cores, width 32, 10 replicates, Adam; one core runs one p
 step the forward matmuls take ~40%, the gradient matmuls ~47%, the Adam update ~12%, gathering
 the (R, 32, 784) batch ~1%; Python is out of the loop (128 steps per call). Hence one pack per
 core, run from parallel threads, and compiles shared between packs of the same shape.
+
+This module holds the trainer (PackedTrainer), its packs (_Pack) and where they run (accelerators,
+pack_devices, pack_count); the stored inputs are worker.packed_inputs', the stacked layers
+worker.packed_layers', the compiled loops worker.packed_program', all re-exported here. The device
+functions and the constants stay here and are looked up here, so a test that replaces
+`worker.keras_packed.<name>` takes effect.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import keras
 import numpy as np
@@ -33,8 +37,18 @@ import tensorflow as tf
 
 from app.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 from app.spec import TrainSpec
-from worker.keras_models import build_optimizer, compiled_model, fresh_state, set_state
+from worker.keras_models import compiled_model, fresh_state, set_state
+from worker.packed_inputs import decode_rows, device_inputs, encode_rows
+from worker.packed_layers import PackedDense, PackedMLP, dense
+from worker.packed_program import _Program as _Program
+from worker.packed_program import program_for
 from worker.trainer import EpochMetrics, PreparedData, State, epoch_order, replicate_specs
+
+__all__ = [  # the names moved out, and this module's own
+    "CACHE_BLOCK_BYTES", "EAGER_PREDICT_ROWS", "EVAL_CHUNK", "STEPS_PER_CALL", "PackedDense", "PackedMLP",
+    "PackedTrainer", "accelerators", "decode_rows", "dense", "device_inputs", "encode_rows", "pack_count",
+    "pack_devices", "program_for",
+]
 
 # Each pack runs its XLA loop on one core, packs in parallel threads: worker.main.configure_tensorflow
 # turns XLA's Eigen threading off before TensorFlow starts (why: its docstring).
@@ -71,232 +85,6 @@ def pack_devices() -> list[str | None]:
 def pack_count() -> int:
     """How many packs to train side by side (pack_devices)."""
     return len(pack_devices())
-
-
-def encode_rows(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Images (N, ...) as float32 as the packed loops store them: flat rows of the exact uint8 bytes
-    when every value is a uint8 divided by 255 (as PreparedData scales uint8 images), packed into
-    64-bit words when a row's byte count allows (XLA's gather loop costs per element: MNIST's rows
-    become 98 words instead of 784 floats); any other data as flat float32 rows. Checked CHUNK
-    rows at a time (in cache: ~0.3 CPU-s for MNIST's training set, once per worker)."""
-    flat = np.ascontiguousarray(np.asarray(x, np.float32).reshape(len(x), -1))
-    as_bytes = np.empty(flat.shape, np.uint8)
-    for start in range(0, len(flat), chunk):
-        rows = flat[start:start + chunk]
-        scaled = rows * np.float32(255)
-        if not (np.all(scaled >= 0) and np.all(scaled <= 255)):  # NaN fails too
-            return flat
-        np.rint(scaled, out=scaled)
-        as_bytes[start:start + chunk] = scaled
-        if not np.array_equal(as_bytes[start:start + chunk].astype(np.float32) / np.float32(255), rows):
-            return flat
-    if flat.size and flat.shape[1] % 8 == 0:
-        words: np.ndarray = as_bytes.view(np.uint64)  # C-contiguous rows: each row's 8-byte words
-        return words
-    return as_bytes if flat.size else flat
-
-
-def decode_rows(x: tf.Tensor, features: int) -> tf.Tensor:
-    """Rows as encode_rows stored them, back to float32 (..., features), bit for bit the prepared
-    data's float32(byte) / 255 (numpy's correctly rounded division). XLA turns a division by a
-    constant into a product with its float32 reciprocal (1 ulp off for some bytes), so the quotient
-    is taken in float64 and rounded once to float32: its error (~2^-52) is far below the distance of
-    any byte / 255 from a float32 rounding boundary (>= 2^-33: b / 255 is never a midpoint), so the
-    rounding is the correct one (the tests check all 256 bytes)."""
-    if x.dtype == tf.float32:
-        return x
-    if x.dtype == tf.uint64:
-        x = tf.reshape(tf.bitcast(x, tf.uint8), [*x.shape[:-1], features])
-    return tf.cast(tf.cast(x, tf.float64) * (1.0 / 255.0), tf.float32)
-
-
-_inputs_held: dict[tuple[int, str | None], tuple[PreparedData, tuple[tf.Tensor, ...]]] = {}
-_inputs_lock = threading.Lock()
-
-
-def device_inputs(data: PreparedData, device: str | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """DATA's x_train, y_train, x_test, y_test as tensors on DEVICE (encode_rows' form), made once
-    per prepared dataset and device and shared by every pack: converting MNIST took ~0.7 CPU-s a
-    pack. Only the latest dataset's tensors are held."""
-    key = (id(data), device)
-    with _inputs_lock:
-        held = _inputs_held.get(key)
-        if held is None or held[0] is not data:
-            for old in [k for k, (d, _) in _inputs_held.items() if d is not data]:
-                del _inputs_held[old]
-            with tf.device(device):
-                tensors = (tf.constant(encode_rows(data.x_train)), tf.constant(data.y_train, tf.int32),
-                           tf.constant(encode_rows(data.x_test)), tf.constant(data.y_test, tf.int32))
-            _inputs_held[key] = held = (data, tensors)
-    x_train, y_train, x_test, y_test = held[1]
-    return x_train, y_train, x_test, y_test
-
-
-def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """R Dense layers at once: x is (R, B, in), one batch per replicate, or (B, in) shared by all."""
-    if len(x.shape) == 2:
-        return tf.einsum("bi,rio->rbo", x, kernel) + bias[:, None, :]
-    return tf.einsum("rbi,rio->rbo", x, kernel) + bias[:, None, :]
-
-
-class PackedDense(keras.layers.Layer):  # type: ignore[misc]  # Keras is untyped
-    """R independent Dense layers: kernel (R, in, out), bias (R, out)."""
-
-    def __init__(self, replicates: int, units: int, activation: str | None = None, **kwargs: object):
-        super().__init__(**kwargs)
-        self.replicates, self.units = replicates, units
-        self.activation = keras.activations.get(activation)
-
-    def build(self, input_shape: tuple[int, ...]) -> None:
-        shape = (self.replicates, input_shape[-1], self.units)
-        self.kernel = self.add_weight(shape=shape, initializer="zeros", name="kernel")
-        self.bias = self.add_weight(shape=(self.replicates, self.units), initializer="zeros", name="bias")
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return self.activation(dense(x, self.kernel, self.bias))
-
-
-class PackedMLP(keras.Model):  # type: ignore[misc]  # Keras is untyped
-    """The study's MLP, R times over: (R, B, inputs) or (B, inputs) in, outputs (R, B, classes)."""
-
-    def __init__(self, spec: TrainSpec, replicates: int, inputs: int = 784, classes: int = 10):
-        super().__init__()
-        hidden = spec.model.hidden or []  # a hidden model (worker.trainer.dense_equivalent)
-        widths = [*hidden, classes]
-        acts = [spec.model.activation] * len(hidden) + [spec.model.output_activation]
-        self.dense = [PackedDense(replicates, w, a) for w, a in zip(widths, acts, strict=True)]
-        self.build((1, inputs))
-
-    def build(self, input_shape: tuple[int, ...]) -> None:
-        width = input_shape[-1]
-        for layer in self.dense:
-            layer.build((1, width))
-            width = layer.units
-        self.built = True
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        for layer in self.dense:
-            x = layer(x)
-        return x
-
-
-class _Program:
-    """The compiled training and evaluation loops of one architecture, loss and optimizer, shared
-    by every pack of that shape in the process (one XLA compile per pack size, not per pack).
-
-    Pure functions of the weights and optimizer slots, which the packs hold. The updates are
-    Keras' own formulas (keras/src/optimizers: sgd.py, adam.py, rmsprop.py, default settings)."""
-
-    def __init__(self, spec: TrainSpec):
-        self.spec = spec
-        self.hidden_activation = keras.activations.get(spec.model.activation)
-        self.output_activation = keras.activations.get(spec.model.output_activation)
-        opt = build_optimizer(spec)
-        self.opt_name = spec.optimizer.name
-        self.hyper = {k: float(getattr(opt, k)) for k in ("beta_1", "beta_2", "rho", "epsilon") if hasattr(opt, k)}
-        if getattr(opt, "momentum", 0) or getattr(opt, "centered", False) or getattr(opt, "amsgrad", False):
-            raise NotImplementedError("packed training implements Keras' default SGD, Adam and RMSprop")
-
-    def slot_names(self) -> list[str]:
-        return {"sgd": [], "adam": ["momentum", "velocity"], "rmsprop": ["velocity"]}[self.opt_name]
-
-    def forward(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The output layer's pre-activation (R, B, 10); x as stored (encode_rows)."""
-        x = decode_rows(x, weights[0].shape[1])
-        for j in range(0, len(weights) - 2, 2):
-            x = self.hidden_activation(dense(x, weights[j], weights[j + 1]))
-        return dense(x, weights[-2], weights[-1])
-
-    def losses(self, z: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-sample loss and correctness (R, B), as Keras computes them from the output layer."""
-        p = self.output_activation(z)
-        if self.spec.loss == "mse":
-            loss = tf.reduce_mean(tf.square(tf.one_hot(labels, z.shape[-1]) - p), axis=-1)
-        else:
-            if self.spec.model.output_activation in ("softmax", "sigmoid"):
-                logits = z  # Keras takes the activation's own logits (`_keras_logits`), even a sigmoid's
-            else:
-                eps = keras.config.epsilon()
-                logits = tf.math.log(tf.clip_by_value(p, eps, 1 - eps))
-            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        correct = tf.cast(tf.equal(tf.argmax(p, axis=-1, output_type=tf.int32), labels), tf.float32)
-        return loss, correct
-
-    def update(self, w: tf.Tensor, g: tf.Tensor, slots: list[tf.Tensor], step: tf.Tensor,
-               rates: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """One optimizer step of one stacked variable (R, ...); `step` counts the steps before this
-        one, RATES (R,) holds each replicate's learning rate."""
-        h = self.hyper
-        lr = tf.reshape(rates, [-1] + [1] * (len(w.shape) - 1))  # each replicate's rate over its slice
-        if self.opt_name == "sgd":
-            return w - g * lr, []
-        if self.opt_name == "rmsprop":
-            v = h["rho"] * slots[0] + (1 - h["rho"]) * tf.square(g)
-            return w - (lr * g) / tf.sqrt(v + h["epsilon"]), [v]
-        local_step = tf.cast(step + 1, tf.float32)
-        alpha = lr * tf.sqrt(1 - tf.pow(h["beta_2"], local_step)) / (1 - tf.pow(h["beta_1"], local_step))
-        m = slots[0] + (g - slots[0]) * (1 - h["beta_1"])
-        v = slots[1] + (tf.square(g) - slots[1]) * (1 - h["beta_2"])
-        return w - (m * alpha) / (tf.sqrt(v) + h["epsilon"]), [m, v]
-
-    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
-    def train_steps(self, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
-                    rates: tf.Tensor, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, sizes: tf.Tensor,
-                    n_steps: tf.Tensor) -> tuple[Any, ...]:
-        """Run steps 0..n_steps-1 of idx (K, R, B); sizes[k] is step k's real batch size (an epoch's
-        last batch is partial: its padding is masked out). slots[j] holds variable j's optimizer
-        slots, rates (R,) each replicate's learning rate. Returns the new weights, slots and step,
-        and per replicate the sum of batch loss x batch size and the count of correct predictions,
-        as Keras' metric trackers add them up."""
-        r, batch = idx.shape[1], idx.shape[2]
-
-        def body(k: tf.Tensor, weights: list[tf.Tensor], slots: list[list[tf.Tensor]], step: tf.Tensor,
-                 loss_sum: tf.Tensor, correct_sum: tf.Tensor) -> tuple[Any, ...]:
-            size = sizes[k]
-            mask = tf.cast(tf.range(batch) < tf.cast(size, tf.int32), tf.float32)
-            labels = tf.gather(y, idx[k])
-            with tf.GradientTape() as tape:
-                tape.watch(weights)
-                loss, correct = self.losses(self.forward(weights, tf.gather(x, idx[k])), labels)
-                batch_loss = tf.reduce_sum(loss * mask, axis=1) / size  # Keras' sum_over_batch_size
-                total = tf.reduce_sum(batch_loss)  # replicates' losses summed: gradients stay apart
-            grads = tape.gradient(total, weights)
-            new = [self.update(w, g, s, step, rates) for w, g, s in zip(weights, grads, slots, strict=True)]
-            return (k + 1, [w for w, _ in new], [s for _, s in new], step + 1,
-                    loss_sum + batch_loss * size, correct_sum + tf.reduce_sum(correct * mask, axis=1))
-
-        out = tf.while_loop(lambda k, *_: k < n_steps, body,
-                            (tf.constant(0), weights, slots, step, tf.zeros([r]), tf.zeros([r])))
-        trained: tuple[Any, ...] = out[1:]  # the loop variables' structure: a tuple
-        return trained
-
-    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
-    def eval_chunk(self, weights: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor,
-                   valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Summed loss and correct count per replicate over the first `valid` rows of x (C, 784)."""
-        r = weights[0].shape[0]
-        loss, correct = self.losses(self.forward(weights, x), tf.broadcast_to(y[None, :], [r, y.shape[0]]))
-        mask = tf.cast(tf.range(y.shape[0]) < valid, tf.float32)
-        return tf.reduce_sum(loss * mask, axis=1), tf.reduce_sum(correct * mask, axis=1)
-
-    def outputs(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """Every replicate's outputs (R, C, classes) for float32 rows x (C, features)."""
-        return self.output_activation(self.forward(weights, x))
-
-    @tf.function(jit_compile=True, autograph=False)  # type: ignore[untyped-decorator]
-    def outputs_chunk(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        return self.outputs(weights, x)
-
-
-@functools.lru_cache(maxsize=16)
-def _program(key: str) -> _Program:
-    return _Program(TrainSpec.model_validate_json(key))
-
-
-def program_for(spec: TrainSpec) -> _Program:
-    """The shared program of spec's architecture, loss and optimizer (not its learning rate)."""
-    shape = spec.model_dump(include={"model", "loss"}) | {"optimizer": {"name": spec.optimizer.name}}
-    return _program(TrainSpec.model_validate(shape).model_dump_json())
 
 
 class _Pack:
