@@ -18,28 +18,26 @@ worker writes it, fenced by its lease, and keeps the lease with its heartbeat th
   the reaper requeues the run.
 Its stdout and stderr together (the last MAX_OUTPUT_CHARS) are stored in runs.output at every
 heartbeat while it runs and when it ends.
+
+The catalogue is worker.program_catalog's, the output's tail worker.program_output's, the process's
+signals and socket folder worker.program_process'; all are re-exported here.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import ctypes
-import enum
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -62,7 +60,7 @@ from app.services.queue import (
     requeue_crashed,
     restart_run,
 )
-from app.spec import PROGRAM_NAME, storable
+from app.spec import storable
 from worker.channel import (
     CHANNEL_ENV,
     RUN_CONFIG_ENV,
@@ -76,181 +74,37 @@ from worker.channel import (
     refusal,
 )
 from worker.heartbeat import Heartbeat, Lease
+from worker.program_catalog import SUFFIX, ProgramCatalog, scan_programs
+from worker.program_output import (
+    ERROR_TAIL_CHARS,
+    ERROR_TAIL_LINES,
+    MAX_OUTPUT_CHARS,
+    READ_BYTES,
+    STDERR_KEEP_CHARS,
+    OutputTail,
+    _pump,
+)
+from worker.program_process import (
+    SOCKET_PATH_MAX,
+    StopReason,
+    _parent_death_signal,
+    _signal_group,
+    _socket_folder,
+    signal_name,
+)
 from worker.provenance import program_provenance
+
+__all__ = [  # the names moved out, and this module's own
+    "ERROR_TAIL_CHARS", "ERROR_TAIL_LINES", "MAX_OUTPUT_CHARS", "READER_JOIN_SECONDS", "READ_BYTES",
+    "SOCKET_PATH_MAX", "STDERR_KEEP_CHARS", "SUFFIX", "WAIT_SECONDS", "OutputTail", "ProgramCatalog",
+    "ProgramRunner", "StopReason", "scan_programs", "signal_name",
+]
 
 log = logging.getLogger("sweeplab.worker")
 T = TypeVar("T")
 
-SUFFIX = ".py"
-MAX_OUTPUT_CHARS = 64 * 1024  # runs.output: the last this many characters of stdout and stderr
-STDERR_KEEP_CHARS = 16 * 1024
-ERROR_TAIL_LINES = 20  # runs.error of a failed program: the last lines of its stderr ...
-ERROR_TAIL_CHARS = 2000  # ... at most this long
-READ_BYTES = 65_536
 WAIT_SECONDS = 0.2  # how often the runner looks at the process, the lease and cancel
 READER_JOIN_SECONDS = 5.0
-
-
-class StopReason(enum.StrEnum):
-    """Why the worker stops a program's process (its output and log say so): a reason, not a run status."""
-
-    LEASE_LOST = "lease lost"
-    DATABASE_DOWN = "database unavailable"
-    CANCELLED = RunStatus.CANCELLED.value  # cancel was asked: the run ends cancelled
-    SHUTDOWN = "worker stopping"
-SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
-
-
-# ---- the catalogue of programs a worker offers
-
-
-def scan_programs(folder: Path | None) -> dict[str, Path]:
-    """The programs in FOLDER: {name: path} for each `<name>.py` file whose name is a valid
-    program name (app.spec.PROGRAM_NAME); nothing when FOLDER is unset or unreadable."""
-    if folder is None:
-        return {}
-    found: dict[str, Path] = {}
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = entry.name.removesuffix(SUFFIX)
-                if entry.name.endswith(SUFFIX) and PROGRAM_NAME.fullmatch(name) and entry.is_file():
-                    found[name] = Path(entry.path)
-    except OSError as exc:
-        log.warning("programs folder %s cannot be read: %s", folder, exc)
-        return {}
-    return found
-
-
-class ProgramCatalog:
-    """The programs this worker offers now (thread-safe; `rescan` reads the folder again)."""
-
-    def __init__(self, folder: Path | None):
-        self.folder = folder
-        self._lock = threading.Lock()
-        self._programs: dict[str, Path] = {}
-        self.rescan()
-
-    def rescan(self) -> list[str]:
-        found = scan_programs(self.folder)
-        with self._lock:
-            if sorted(found) != sorted(self._programs):
-                log.info("programs offered: %s", ", ".join(sorted(found)) or "none")
-            self._programs = found
-        return sorted(found)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._programs)
-
-    def path(self, name: str) -> Path | None:
-        """The program's file, if this worker still offers it and it is still there."""
-        with self._lock:
-            path = self._programs.get(name)
-        return path if path is not None and path.is_file() else None
-
-
-# ---- the program's output
-
-
-class OutputTail:
-    """The last MAX_OUTPUT_CHARS of a program's stdout and stderr together, in the order the
-    pieces arrived, and the last STDERR_KEEP_CHARS of its stderr alone. Text as both databases
-    store it (NUL replaced)."""
-
-    def __init__(self, limit: int = MAX_OUTPUT_CHARS):
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._pieces: deque[str] = deque()
-        self._size = 0
-        self._stderr = ""
-        self.version = 0  # grows with every piece: the runner saves only when it changed
-
-    def add(self, text: str, stderr: bool) -> None:
-        if not text:
-            return
-        text = text.replace("\x00", "\ufffd")
-        with self._lock:
-            self._pieces.append(text)
-            self._size += len(text)
-            while self._size - len(self._pieces[0]) >= self.limit:
-                self._size -= len(self._pieces.popleft())
-            if stderr:
-                self._stderr = (self._stderr + text)[-STDERR_KEEP_CHARS:]
-            self.version += 1
-
-    def note(self, line: str) -> None:
-        """A line of the worker's own, in the output (marked so)."""
-        self.add(f"[sweeplab worker] {line}\n", stderr=False)
-
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._pieces)[-self.limit:]
-
-    def stderr_tail(self) -> str:
-        with self._lock:
-            lines = self._stderr.rstrip("\n").splitlines()[-ERROR_TAIL_LINES:]
-        return "\n".join(lines)[-ERROR_TAIL_CHARS:]
-
-
-def _pump(pipe: IO[bytes], tail: OutputTail, stderr: bool) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    fd = pipe.fileno()
-    try:
-        while chunk := os.read(fd, READ_BYTES):
-            tail.add(decoder.decode(chunk), stderr)
-    except OSError:
-        pass
-    finally:
-        tail.add(decoder.decode(b"", final=True), stderr)
-        pipe.close()
-
-
-# ---- the process
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that asks Linux to SIGKILL the child when the worker thread that started it
-    dies (PR_SET_PDEATHSIG), so a program never outlives a worker killed outright. libc and prctl
-    are looked up here, before any fork: the child only makes the one call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-
-    def die_with_parent() -> None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the worker died before the call took effect
-            os._exit(1)
-
-    return die_with_parent
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def signal_name(returncode: int) -> str:
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
-
-
-def _socket_folder() -> str:
-    """A private folder for the channel's socket, with a path short enough for one."""
-    folder = tempfile.mkdtemp(prefix="sweeplab-")
-    if len(os.path.join(folder, "channel.sock")) > SOCKET_PATH_MAX:
-        os.rmdir(folder)
-        folder = tempfile.mkdtemp(prefix="sweeplab-", dir="/tmp")
-    return folder
 
 
 # ---- one run of a program
