@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select
 from app.db import db_now, dialect_insert, read_session, write_session
 from app.errors import InvalidSpec, NotFound
 from app.models import Artifact, Run, RunSource
+from app.services.mlflow_run_values import row_id
 
 NAME_CHARS = 100  # artifacts.name
 CONTENT_TYPE_CHARS = 100
@@ -39,8 +40,8 @@ def locate(path: str) -> Location:
     """Where an artifact path (`<experiment>/<run>/artifacts/<path>`) points; InvalidSpec when it
     does not name a run's artifacts or goes outside them."""
     parts = [p for p in path.strip("/").split("/")]
-    if len(parts) < 3 or not parts[0].isdigit() or not parts[1].isdigit() or parts[2] != ROOT \
-            or len(parts[0]) > 9 or len(parts[1]) > 18:
+    sweep_id, run_id = (row_id(parts[0]), row_id(parts[1])) if len(parts) >= 3 else (None, None)
+    if sweep_id is None or run_id is None or parts[2] != ROOT:
         raise NotFound(f"artifact path {path[:200]!r} is not <experiment>/<run>/artifacts/...")
     rest = parts[3:]
     for p in rest:
@@ -50,7 +51,7 @@ def locate(path: str) -> Location:
     if len(name) > NAME_CHARS:
         raise InvalidSpec(f"artifact path {name[:120]!r}…: over {NAME_CHARS} characters; this server keeps "
                           "shorter paths only")
-    return Location(int(parts[0]), int(parts[1]), name)
+    return Location(sweep_id, run_id, name)
 
 
 def _run(s: Any, where: Location, lock: bool = False) -> Run:

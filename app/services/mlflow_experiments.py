@@ -20,6 +20,7 @@ from app.db import read_session, write_session
 from app.errors import AlreadyExists, InvalidSpec, NotFound
 from app.models import Sweep, SweepKind
 from app.services import external
+from app.services.mlflow_run_values import row_id
 from app.services.mlflow_search import Row, matches, page, parse_filter, parse_order, sort_rows
 from app.text import encodable
 
@@ -72,9 +73,8 @@ def named(s: Session, name: str) -> Sweep | None:
 def sweep_for(s: Session, experiment_id: str) -> Sweep | None:
     if experiment_id == DEFAULT_EXPERIMENT_ID:
         return named(s, DEFAULT_EXPERIMENT_NAME)
-    if not experiment_id.isdigit() or len(experiment_id) > 9:
-        return None
-    return s.get(Sweep, int(experiment_id))
+    sweep_id = row_id(experiment_id)
+    return s.get(Sweep, sweep_id) if sweep_id is not None else None
 
 
 def get_experiment(engine: Engine, experiment_id: str) -> dict[str, Any]:

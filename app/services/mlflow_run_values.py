@@ -27,6 +27,7 @@ RUNNING = RunStatus.RUNNING.value
 MAX_SEED = 2**63 - 1
 MAX_TAGS_PER_RUN = 1000
 MAX_TAGS_CHARS = 200_000  # a run's tags as JSON
+MAX_ROW_ID = 2**31 - 1  # runs.id and sweeps.id are INTEGER columns (PostgreSQL's int4)
 
 TO_MLFLOW_STATUS = {RunStatus.QUEUED.value: "SCHEDULED", RunStatus.RUNNING.value: "RUNNING",
                     RunStatus.SUCCEEDED.value: "FINISHED", RunStatus.FAILED.value: "FAILED",
@@ -77,9 +78,18 @@ def parse_seed(text: str, where: str) -> int:
     return seed
 
 
+def row_id(text: str) -> int | None:
+    """TEXT as a run's or an experiment's id: ASCII digits (str.isdigit also takes '²', which int()
+    refuses, and int() reads '٣' as 3) within the id columns' range; None when it can name none."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or int(text) > MAX_ROW_ID:
+        return None
+    return int(text)
+
+
 def parse_run_id(run_id: str | None) -> int:
     if not run_id:
         raise InvalidSpec("run_id: required", fields=[{"loc": "run_id", "msg": "required"}])
-    if not run_id.isdigit() or len(run_id) > 18:
+    rid = row_id(run_id)
+    if rid is None:
         raise RunNotFound(run_id)
-    return int(run_id)
+    return rid

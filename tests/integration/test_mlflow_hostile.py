@@ -1,0 +1,141 @@
+"""MLflow's write routes against hostile and broken input (the protocol's ordinary use:
+tests/integration/test_mlflow_api.py): ids that are not ids, text neither database stores,
+numbers past what a field holds, bodies nested to the parser's limit, a run's limits reached at
+create, a client gone mid-upload, a database fault mid-batch and an answer lost after a commit,
+two clients writing one run at once. Every refusal is MLflow's error shape, never a 500."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app.config import Settings
+from app.main import create_app
+from tests.factories import metric_rows
+from tests.faults import LostCommit, StatementFault
+from tests.integration.test_mlflow_api import API, experiment, log, new_run, ok, params, refused, run_of
+
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+
+
+@pytest.fixture
+def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def not_found(api: TestClient, method: str, path: str, **kwargs: Any) -> None:
+    refused(api.request(method, path, **kwargs), 404, "RESOURCE_DOES_NOT_EXIST")
+
+
+def test_run_and_experiment_ids_of_other_digits_or_past_the_column_are_not_found(api: TestClient,
+                                                                                 engine: Engine) -> None:
+    """'²' passes str.isdigit() but not int(); '٣' (Arabic-Indic three) is int 3; 2**31 passes
+    no PostgreSQL integer column: each names no run or experiment, on either database."""
+    eid = experiment(api)
+    runs = [new_run(api, eid) for _ in range(3)]
+    assert "3" in runs  # so that '٣' would reach a run if read as 3
+    for rid in ("²", "٣", "2147483648", "9" * 18):
+        not_found(api, "GET", f"{API}/runs/get", params={"run_id": rid})
+        not_found(api, "GET", f"{API}/metrics/get-history", params={"run_id": rid, "metric_key": "a"})
+        not_found(api, "POST", f"{API}/runs/log-metric", json={"run_id": rid, "key": "a", "value": 1.0, "step": 1})
+        not_found(api, "POST", f"{API}/runs/log-batch", json={"run_id": rid, "params": params(a=1)})
+        not_found(api, "POST", f"{API}/runs/log-parameter", json={"run_id": rid, "key": "a", "value": "1"})
+        not_found(api, "POST", f"{API}/runs/set-tag", json={"run_id": rid, "key": "a", "value": "1"})
+        not_found(api, "POST", f"{API}/runs/delete-tag", json={"run_id": rid, "key": "a"})
+        not_found(api, "POST", f"{API}/runs/update", json={"run_id": rid, "status": "FINISHED"})
+        not_found(api, "POST", f"{API}/runs/update", json={"run_id": rid, "run_name": "x"})
+        not_found(api, "POST", f"{API}/runs/log-inputs", json={"run_id": rid})
+        not_found(api, "PUT", f"{ARTIFACTS}/{eid}/{rid}/artifacts/x", content=b"x")
+        not_found(api, "GET", f"{ARTIFACTS}/{eid}/{rid}/artifacts/x")
+    for bad in ("²", "٣", "2147483648"):
+        not_found(api, "POST", f"{API}/runs/create", json={"experiment_id": bad})
+        not_found(api, "GET", f"{API}/experiments/get", params={"experiment_id": bad})
+        not_found(api, "POST", f"{API}/runs/search", json={"experiment_ids": [bad]})
+        not_found(api, "GET", f"{API}/runs/search", params={"experiment_ids": [bad]})
+        not_found(api, "PUT", f"{ARTIFACTS}/{bad}/{runs[0]}/artifacts/x", content=b"x")
+    assert metric_rows(engine, 3) == [] and run_of(api, "3")["data"]["params"] == []
+    assert {t["key"] for t in run_of(api, "3")["data"]["tags"]} == set()
+    assert run_of(api, "3")["info"]["status"] == "RUNNING"
+
+
+def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
+    """The database fails at the batch's metric insert (after its params moved the run and its
+    tags were set): 503, and none of the batch is kept; the client's retry stores it whole."""
+    eid = experiment(api)
+    run_id = new_run(api, eid)
+    batch = {"params": params(lr="0.1", seed=4), "tags": [{"key": "note", "value": "x"}],
+             "metrics": [{"key": "loss", "value": 0.5, "timestamp": 100, "step": 0},
+                         {"key": "loss", "value": 0.4, "timestamp": 101, "step": 0},
+                         {"key": "acc", "value": 0.9, "step": 3}]}
+    fault = StatementFault(engine, lambda sql, _: sql.lstrip().upper().startswith("INSERT INTO METRICS"))
+    try:
+        refused(log(api, run_id, **batch), 503, "TEMPORARILY_UNAVAILABLE")
+    finally:
+        fault.remove()
+    assert fault.fired == 1
+    run = run_of(api, run_id)
+    assert (run["data"]["params"], run["data"]["metrics"]) == ([], [])
+    assert "note" not in {t["key"] for t in run["data"]["tags"]}
+    assert api.get(f"/api/runs/{run_id}").json()["seed"] == 0
+    ok(log(api, run_id, **batch))
+    ok(log(api, run_id, **batch))  # and a second retry stores nothing more
+    assert metric_rows(engine, int(run_id)) == [("acc", 3, 0.9), ("loss", 0, 0.5), ("loss", 1, 0.4)]
+    assert {p["key"]: p["value"] for p in run_of(api, run_id)["data"]["params"]} == {"lr": "0.1", "seed": "4"}
+
+
+def test_a_batch_whose_answer_was_lost_after_its_commit_is_not_stored_twice(api: TestClient,
+                                                                            engine: Engine) -> None:
+    """The commit happened but the answer was lost (503): MLflow's client retries the same body,
+    stepless points included, and nothing is stored twice."""
+    run_id = new_run(api, experiment(api))
+    batch = {"params": params(width=8), "tags": [{"key": "note", "value": "x"}],
+             "metrics": [{"key": "loss", "value": v, "timestamp": 200 + i, "step": 0}
+                         for i, v in enumerate([0.5, 0.4, 0.3])]}
+    lost = LostCommit(engine, lambda sql, _: sql.lstrip().upper().startswith("INSERT INTO METRICS"))
+    try:
+        refused(log(api, run_id, **batch), 503, "TEMPORARILY_UNAVAILABLE")
+    finally:
+        lost.remove()
+    assert lost.fired == 1
+    ok(log(api, run_id, **batch))
+    assert metric_rows(engine, int(run_id)) == [("loss", 0, 0.5), ("loss", 1, 0.4), ("loss", 2, 0.3)]
+    ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "status": "FINISHED"}))
+    ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "status": "FINISHED"}))  # its retry, after a loss
+
+
+def test_two_clients_writing_one_run_at_once_lose_and_double_nothing(settings: Settings, engine: Engine,
+                                                                    api: TestClient) -> None:
+    """Two clients log steps of their own keys and the same params into one run at once."""
+    run_id = new_run(api, experiment(api))
+    errors: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def client(key: str) -> None:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as own:
+            barrier.wait()
+            for step in range(1, 16):
+                answer = own.post(f"{API}/runs/log-batch", json={
+                    "run_id": run_id, "params": params(width=8), "tags": [{"key": key, "value": str(step)}],
+                    "metrics": [{"key": key, "value": step / 100, "step": step},
+                                {"key": "shared", "value": 1.0, "step": step}]})
+                if answer.status_code != 200:
+                    errors.append(answer.text[:200])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = metric_rows(engine, int(run_id))
+    for key in ("a", "b", "shared"):
+        assert [e for k, e, _ in rows if k == key] == list(range(1, 16)), key
+    run = run_of(api, run_id)
+    assert {t["key"]: t["value"] for t in run["data"]["tags"]}.items() >= {"a": "15", "b": "15"}.items()
+    assert run["data"]["params"] == [{"key": "width", "value": "8"}]
