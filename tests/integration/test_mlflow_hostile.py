@@ -64,6 +64,16 @@ def test_run_and_experiment_ids_of_other_digits_or_past_the_column_are_not_found
     assert run_of(api, "3")["info"]["status"] == "RUNNING"
 
 
+def test_datasets_nested_to_the_parsers_limit_are_dropped_as_any(api: TestClient) -> None:
+    """runs/log-inputs drops its datasets: however deep they nest, they are not walked."""
+    run_id = new_run(api, experiment(api))
+    deep = "[" * 900 + "]" * 900
+    body = f'{{"run_id": "{run_id}", "datasets": [{deep}]}}'.encode()
+    ok(api.post(f"{API}/runs/log-inputs", content=body, headers={"content-type": "application/json"}))
+    dataset = {"dataset": {"name": "d", "digest": "x", "source_type": "code", "source": "{}"}, "tags": []}
+    ok(api.post(f"{API}/runs/log-inputs", json={"run_id": run_id, "datasets": [dataset]}))
+
+
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
     """The database fails at the batch's metric insert (after its params moved the run and its
     tags were set): 503, and none of the batch is kept; the client's retry stores it whole."""

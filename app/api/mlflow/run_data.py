@@ -63,7 +63,9 @@ class DeleteTag(RunRef):
 
 
 class LogInputs(RunRef):
-    datasets: list[Any] = Field(default_factory=list, max_length=1000)
+    # Dropped, so not walked for storable text either (exclude): that walk recursed past Python's
+    # limit on datasets nested as deep as the JSON parser allows.
+    datasets: list[Any] = Field(default_factory=list, max_length=1000, exclude=True)
 
 
 router = APIRouter(include_in_schema=False)
