@@ -84,13 +84,19 @@ def check_tag_keys(tags: dict[str, str]) -> None:
                               fields=[{"loc": f"tags.{key}", "msg": "reserved"}])
 
 
+def check_tags_size(tags: dict[str, Any]) -> None:
+    """A run's tags, all of them, within the run's limits."""
+    if len(tags) > MAX_TAGS_PER_RUN or len(json.dumps(tags)) > MAX_TAGS_CHARS:
+        raise InvalidSpec(f"tags: a run holds at most {MAX_TAGS_PER_RUN} tags, {MAX_TAGS_CHARS} characters in all",
+                          fields=[{"loc": "tags", "msg": "over the run's limit"}])
+
+
 def store_tags(s: Session, run: Run, tags: dict[str, str]) -> None:
     if not tags:
         return
     check_tag_keys(tags)
     merged = {**(run.tags or {}), **tags}
-    if len(merged) > MAX_TAGS_PER_RUN or len(json.dumps(merged)) > MAX_TAGS_CHARS:
-        raise InvalidSpec(f"tags: a run holds at most {MAX_TAGS_PER_RUN} tags, {MAX_TAGS_CHARS} characters in all")
+    check_tags_size(merged)
     if SEED in tags and SEED_PARAM_TAG not in merged:
         if run.status != RUNNING:
             raise InvalidTransition(f"run {run.id} already {run.status}; its seed is settled")

@@ -37,7 +37,15 @@ from app.services.mlflow_experiments import (
     sweep_for,
 )
 from app.services.mlflow_metric_points import MAX_EPOCH, STEPLESS_TAG, MetricPoint, metric_json
-from app.services.mlflow_run_logging import check_tag_keys, delete_tag, log_batch, store_tags, tagged_run, writable_run
+from app.services.mlflow_run_logging import (
+    check_tag_keys,
+    check_tags_size,
+    delete_tag,
+    log_batch,
+    store_tags,
+    tagged_run,
+    writable_run,
+)
 from app.services.mlflow_run_values import (
     EXTERNAL,
     FROM_MLFLOW_STATUS,
@@ -78,6 +86,7 @@ def create_run(engine: Engine, experiment_id: str | None, user_id: str | None, r
     if user_id and USER_TAG not in tags:
         tags[USER_TAG] = user_id
     check_tag_keys(tags)
+    check_tags_size(tags)
     seed = parse_seed(tags[SEED], "tags.seed") if SEED in tags else 0
     with write_session(engine) as s:
         external._lock(s)

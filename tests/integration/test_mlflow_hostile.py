@@ -16,7 +16,8 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
-from tests.factories import metric_rows
+from app.services.mlflow_run_values import MAX_TAGS_CHARS
+from tests.factories import metric_rows, runs_of
 from tests.faults import LostCommit, StatementFault
 from tests.integration.test_mlflow_api import API, experiment, log, new_run, ok, params, refused, run_of
 
@@ -72,6 +73,22 @@ def test_datasets_nested_to_the_parsers_limit_are_dropped_as_any(api: TestClient
     ok(api.post(f"{API}/runs/log-inputs", content=body, headers={"content-type": "application/json"}))
     dataset = {"dataset": {"name": "d", "digest": "x", "source_type": "code", "source": "{}"}, "tags": []}
     ok(api.post(f"{API}/runs/log-inputs", json={"run_id": run_id, "datasets": [dataset]}))
+
+
+def test_a_runs_tags_are_bounded_when_it_is_created_too(api: TestClient, engine: Engine) -> None:
+    """The run's tags limit holds at runs/create as at set-tag: a run created past it would refuse
+    every later tag (a rename included)."""
+    eid = experiment(api)
+    value = "v" * 7000
+    tags = [{"key": f"t{i}", "value": value} for i in range(100)]
+    assert len(tags) * len(value) > MAX_TAGS_CHARS
+    message = refused(api.post(f"{API}/runs/create", json={"experiment_id": eid, "tags": tags}),
+                      400, "INVALID_PARAMETER_VALUE")
+    assert "tags" in message
+    assert runs_of(engine, int(eid)) == []
+    run_id = new_run(api, eid, tags=tags[:20])  # within the limit
+    ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "run_name": "renamed"}))
+    assert run_of(api, run_id)["info"]["run_name"] == "renamed"
 
 
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
