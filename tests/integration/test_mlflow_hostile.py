@@ -91,6 +91,15 @@ def test_a_runs_tags_are_bounded_when_it_is_created_too(api: TestClient, engine:
     assert run_of(api, run_id)["info"]["run_name"] == "renamed"
 
 
+def test_searches_sent_as_get_refuse_unstorable_text_as_posts_do(api: TestClient) -> None:
+    eid = experiment(api)
+    for path, query in [("runs/search", {"experiment_ids": [eid], "filter": "params.a = 'a\x00'"}),
+                        ("runs/search", {"experiment_ids": [eid], "order_by": "params.a\x00"}),
+                        ("experiments/search", {"filter": "name = 'a\x00'"}),
+                        ("experiments/search", {"order_by": "name\x00"})]:
+        assert "NUL" in refused(api.get(f"{API}/{path}", params=query), 400, "INVALID_PARAMETER_VALUE"), path
+
+
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
     """The database fails at the batch's metric insert (after its params moved the run and its
     tags were set): 503, and none of the batch is kept; the client's retry stores it whole."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field, StringConstraints
 
 from app.api.deps import ContentTyped, EngineDep, Guarded
-from app.api.mlflow.bodies import MAX_BATCH_TAGS, Lenient, Search, TagIn, paged, tags_of
+from app.api.mlflow.bodies import MAX_BATCH_TAGS, Lenient, Search, TagIn, from_query, paged, tags_of
 from app.services import mlflow_experiments as experiments
 from app.services.mlflow_search import MAX_RESULTS
 
@@ -58,5 +58,6 @@ def search_experiments_get(engine: EngineDep, filter: Annotated[str | None, Quer
                            max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 1000,
                            order_by: Annotated[list[str] | None, Query(max_length=20)] = None,
                            page_token: Annotated[str | None, Query(max_length=20)] = None) -> dict[str, Any]:
-    body = ExperimentSearch(filter=filter, max_results=max_results, order_by=order_by or [], page_token=page_token)
+    body = from_query(ExperimentSearch, filter=filter, max_results=max_results, order_by=order_by or [],
+                      page_token=page_token)
     return _search_experiments(engine, body)

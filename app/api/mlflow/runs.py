@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field, StringConstraints
 
 from app.api.deps import ContentTyped, EngineDep, Guarded, SettingsDep
-from app.api.mlflow.bodies import MAX_BATCH_TAGS, Lenient, RunRef, Search, TagIn, paged, tags_of
+from app.api.mlflow.bodies import MAX_BATCH_TAGS, Lenient, RunRef, Search, TagIn, from_query, paged, tags_of
 from app.services import mlflow_runs as service
 from app.services.mlflow_search import MAX_RESULTS
 
@@ -74,6 +74,6 @@ def search_runs_get(engine: EngineDep, experiment_ids: Annotated[list[str] | Non
                     order_by: Annotated[list[str] | None, Query(max_length=20)] = None,
                     page_token: Annotated[str | None, Query(max_length=20)] = None,
                     run_view_type: Annotated[str | None, Query(max_length=20)] = None) -> dict[str, Any]:
-    body = RunSearch(experiment_ids=experiment_ids or [], filter=filter, max_results=max_results,
-                     order_by=order_by or [], page_token=page_token, run_view_type=run_view_type)
+    body = from_query(RunSearch, experiment_ids=experiment_ids or [], filter=filter, max_results=max_results,
+                      order_by=order_by or [], page_token=page_token, run_view_type=run_view_type)
     return _search_runs(engine, body)
