@@ -89,7 +89,7 @@ def get_experiment(engine: Engine, experiment_id: str) -> dict[str, Any]:
 
 def get_experiment_by_name(engine: Engine, name: str) -> dict[str, Any]:
     with read_session(engine) as s:
-        sweep = named(s, name)
+        sweep = named(s, name) if "\x00" not in name else None  # none holds one; PostgreSQL refuses it
     if sweep is None:
         raise NotFound(f"experiment {name[:200]!r} not found")
     return _experiment_json(sweep)

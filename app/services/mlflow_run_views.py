@@ -139,6 +139,8 @@ def metric_history(engine: Engine, run_id: str, key: str) -> list[dict[str, Any]
     with read_session(engine) as s:
         if s.get(Run, rid) is None:
             raise RunNotFound(run_id)
+        if "\x00" in key:  # no key holds one (they are refused when logged); PostgreSQL refuses it
+            return []
         rows = s.execute(select(Metric.epoch, Metric.value, Metric.created_at)
                          .where(Metric.run_id == rid, Metric.key == keras_key(key))
                          .order_by(Metric.epoch).limit(MAX_HISTORY)).all()

@@ -100,6 +100,17 @@ def test_searches_sent_as_get_refuse_unstorable_text_as_posts_do(api: TestClient
         assert "NUL" in refused(api.get(f"{API}/{path}", params=query), 400, "INVALID_PARAMETER_VALUE"), path
 
 
+def test_a_name_or_metric_key_with_a_nul_names_nothing_on_both_databases(api: TestClient) -> None:
+    """No experiment or metric can hold a NUL (they are refused when made), so looking one up
+    finds nothing, as on SQLite; PostgreSQL refused the text and the answer was a 400 about
+    'a number out of range'."""
+    run_id = new_run(api, experiment(api))
+    assert "not found" in refused(api.get(f"{API}/experiments/get-by-name", params={"experiment_name": "a\x00b"}),
+                                  404, "RESOURCE_DOES_NOT_EXIST")
+    got = ok(api.get(f"{API}/metrics/get-history", params={"run_id": run_id, "metric_key": "a\x00b"}))
+    assert got["metrics"] == []
+
+
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
     """The database fails at the batch's metric insert (after its params moved the run and its
     tags were set): 503, and none of the batch is kept; the client's retry stores it whole."""
