@@ -111,6 +111,23 @@ def test_a_name_or_metric_key_with_a_nul_names_nothing_on_both_databases(api: Te
     assert got["metrics"] == []
 
 
+def test_a_metric_value_past_a_float_is_refused_naming_it(api: TestClient, engine: Engine) -> None:
+    run_id = new_run(api, experiment(api))
+    huge = 10**400  # a JSON integer Python reads whole; no float holds it
+    message = refused(api.post(f"{API}/runs/log-metric", json={"run_id": run_id, "key": "loss", "value": huge,
+                                                                "step": 1}), 400, "INVALID_PARAMETER_VALUE")
+    assert "metrics.loss" in message
+    message = refused(log(api, run_id, metrics=[{"key": "acc", "value": 0.5, "step": 1},
+                                                {"key": "loss", "value": -huge, "step": 1}]),
+                      400, "INVALID_PARAMETER_VALUE")
+    assert "metrics.loss" in message
+    assert metric_rows(engine, int(run_id)) == []
+    # A float literal past the range is JSON's infinity, stored as such (as MLflow's own server does).
+    body = f'{{"run_id": "{run_id}", "key": "loss", "value": 1e400, "step": 2}}'.encode()
+    ok(api.post(f"{API}/runs/log-metric", content=body, headers={"content-type": "application/json"}))
+    assert metric_rows(engine, int(run_id)) == [("loss", 2, float("inf"))]
+
+
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:
     """The database fails at the batch's metric insert (after its params moved the run and its
     tags were set): 503, and none of the batch is kept; the client's retry stores it whole."""

@@ -106,7 +106,12 @@ class MetricIn(Lenient):
 
     def point(self) -> service.MetricPoint:
         if not isinstance(self.value, str):
-            return service.MetricPoint(self.key, float(self.value), self.step, self.timestamp)
+            try:
+                return service.MetricPoint(self.key, float(self.value), self.step, self.timestamp)
+            except OverflowError:  # a JSON integer past any float (10**400)
+                raise InvalidSpec(f"metrics.{self.key}: value is past the range of a float (about ±1.8e308)",
+                                  fields=[{"loc": f"metrics.{self.key}.value", "msg": "past a float's range"}],
+                                  ) from None
         text = self.value.strip().lower()
         try:
             value = NON_FINITE[text] if text in NON_FINITE else float(text)
