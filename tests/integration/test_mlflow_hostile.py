@@ -6,6 +6,7 @@ two clients writing one run at once. Every refusal is MLflow's error shape, neve
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -126,6 +127,41 @@ def test_a_metric_value_past_a_float_is_refused_naming_it(api: TestClient, engin
     body = f'{{"run_id": "{run_id}", "key": "loss", "value": 1e400, "step": 2}}'.encode()
     ok(api.post(f"{API}/runs/log-metric", content=body, headers={"content-type": "application/json"}))
     assert metric_rows(engine, int(run_id)) == [("loss", 2, float("inf"))]
+
+
+def test_an_upload_cut_short_stores_nothing_and_is_no_server_error(api: TestClient, engine: Engine,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A client that drops the connection mid-upload: nothing stored, nothing logged as a server
+    fault (a stack trace a dropped upload), and the retried upload stores the file once."""
+    eid = experiment(api)
+    run_id = new_run(api, eid)
+    path = f"{ARTIFACTS}/{eid}/{run_id}/artifacts/model_summary.txt"
+    messages: list[dict[str, Any]] = [{"type": "http.request", "body": b"half a", "more_body": True},
+                                      {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def cut_short() -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"content-length", b"1000"),
+                             (b"content-type", b"text/plain")],
+                 "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+        await api.app(scope, receive, send)
+
+    with caplog.at_level(logging.ERROR):
+        api.portal.call(cut_short)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] < 500
+    assert api.get(f"/api/runs/{run_id}/artifacts").json() == []
+    ok(api.put(path, content=b"a summary", headers={"content-type": "text/plain"}))
+    assert [a["name"] for a in api.get(f"/api/runs/{run_id}/artifacts").json()] == ["model_summary.txt"]
 
 
 def test_a_fault_mid_batch_stores_none_of_it_and_the_retry_all_once(api: TestClient, engine: Engine) -> None:

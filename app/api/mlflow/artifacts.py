@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from app.api.artifact_response import artifact_response
 from app.api.deps import EngineDep, require_token
-from app.errors import EndpointNotFound
+from app.errors import EndpointNotFound, SweeplabError
 from app.services import mlflow_artifacts as artifact_service
 
 router = APIRouter(include_in_schema=False)
@@ -25,7 +26,10 @@ def list_artifacts(engine: EngineDep, path: Annotated[str, Query(max_length=1000
 @router.put("/artifacts/{path:path}", dependencies=[Depends(require_token)])
 async def upload_artifact(path: str, request: Request, engine: EngineDep) -> dict[str, Any]:
     """One file, its bytes as the body (any content type: a PUT cannot come from another site's form)."""
-    data = await request.body()  # bounded by app.middleware.BodyLimit
+    try:
+        data = await request.body()  # bounded by app.middleware.BodyLimit
+    except ClientDisconnect:  # the client's doing, not a server fault (nor a stack trace in the log)
+        raise SweeplabError("the connection closed before the whole file arrived; nothing was stored") from None
     content_type = request.headers.get("content-type") or "application/octet-stream"
     await run_in_threadpool(artifact_service.put_artifact, engine, path, content_type, data)
     return {}
