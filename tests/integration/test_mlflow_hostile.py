@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.db import write_session
 from app.main import create_app
+from app.models import Run
 from app.services.mlflow_run_values import MAX_TAGS_CHARS
 from tests.factories import metric_rows, runs_of
 from tests.faults import LostCommit, StatementFault
@@ -239,3 +241,64 @@ def test_two_clients_writing_one_run_at_once_lose_and_double_nothing(settings: S
     run = run_of(api, run_id)
     assert {t["key"]: t["value"] for t in run["data"]["tags"]}.items() >= {"a": "15", "b": "15"}.items()
     assert run["data"]["params"] == [{"key": "width", "value": "8"}]
+
+
+def test_stepless_points_are_kept_unless_retried_whatever_their_clocks(api: TestClient, engine: Engine) -> None:
+    """A point without a step (the client's step 0) is a retry only when the key had that very
+    point (its timestamp and value) before: points of a client whose clock is behind another's,
+    two points in one millisecond, points after a bogus timestamp are all kept."""
+    rid = new_run(api, experiment(api))
+
+    def point(key: str, value: float, timestamp: int) -> dict[str, Any]:
+        return {"run_id": rid, "key": key, "value": value, "timestamp": timestamp, "step": 0}
+
+    sent = [point("loss", i + skew / 10, 1000 + 10 * i + skew) for i in range(3) for skew in (5, 0)]  # B behind A
+    sent += [point("same_ms", v, 5000) for v in (1.0, 2.0)]
+    sent += [point("bogus", 1.0, 10**30)] + [point("bogus", 2.0 + i, 1000 + i) for i in range(3)]
+    for body in sent:
+        ok(api.post(f"{API}/runs/log-metric", json=body))
+    expected = ([("bogus", e, v) for e, v in enumerate([1.0, 2.0, 3.0, 4.0])]
+                + [("loss", e, v) for e, v in enumerate([0.5, 0.0, 1.5, 1.0, 2.5, 2.0])]
+                + [("same_ms", 0, 1.0), ("same_ms", 1, 2.0)])
+    assert metric_rows(engine, int(rid)) == expected
+    for body in sent:  # every request retried, in any order: nothing more
+        ok(api.post(f"{API}/runs/log-metric", json=body))
+    ok(log(api, rid, metrics=[{k: v for k, v in b.items() if k != "run_id"} for b in reversed(sent)]))
+    assert metric_rows(engine, int(rid)) == expected
+    assert "sweeplab.stepless" not in {t["key"] for t in run_of(api, rid)["data"]["tags"]}
+
+
+def test_a_stepless_memory_of_the_former_shape_still_tells_retries(api: TestClient, engine: Engine) -> None:
+    """Runs logged before the memory kept points kept only each key's latest timestamp: a point
+    no later than it is a retry, as it was, and a key not logged keeps that memory."""
+    rid = new_run(api, experiment(api))
+
+    def point(key: str, value: float, timestamp: int) -> None:
+        ok(api.post(f"{API}/runs/log-metric", json={"run_id": rid, "key": key, "value": value,
+                                                     "timestamp": timestamp, "step": 0}))
+
+    point("loss", 0.5, 500)
+    point("acc", 0.5, 500)
+    with write_session(engine) as s:
+        run = s.get(Run, int(rid))
+        assert run is not None
+        run.tags = {**(run.tags or {}), "sweeplab.stepless": {"loss": 500, "acc": 500}}
+    for value, timestamp in [(0.5, 500), (0.4, 400), (0.3, 600), (0.3, 600)]:
+        point("loss", value, timestamp)
+    point("acc", 0.4, 400)  # a retry still: loss's points left acc's memory as it was
+    assert metric_rows(engine, int(rid)) == [("acc", 0, 0.5), ("loss", 0, 0.5), ("loss", 1, 0.3)]
+
+
+def test_a_retried_batch_longer_than_the_memory_stores_nothing(api: TestClient, engine: Engine) -> None:
+    """MLflow's asynchronous logging sends a key's stepless points in batches of hundreds; a batch
+    retried, even one longer than the key's memory, stores nothing more."""
+    rid = new_run(api, experiment(api))
+    first = [{"key": "loss", "value": i / 1000, "timestamp": 10_000 + i, "step": 0} for i in range(300)]
+    second = [{"key": "loss", "value": i / 1000, "timestamp": 20_000 + i, "step": 0} for i in range(300, 600)]
+    ok(log(api, rid, metrics=first))
+    ok(log(api, rid, metrics=first))
+    ok(log(api, rid, metrics=second))
+    ok(log(api, rid, metrics=second))
+    ok(log(api, rid, metrics=first))
+    rows = metric_rows(engine, int(rid))
+    assert [(e, v) for _, e, v in rows] == [(i, i / 1000) for i in range(600)]
