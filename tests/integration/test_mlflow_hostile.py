@@ -302,3 +302,15 @@ def test_a_retried_batch_longer_than_the_memory_stores_nothing(api: TestClient, 
     ok(log(api, rid, metrics=first))
     rows = metric_rows(engine, int(rid))
     assert [(e, v) for _, e, v in rows] == [(i, i / 1000) for i in range(600)]
+
+
+def test_params_past_the_configs_size_are_refused_naming_params(api: TestClient) -> None:
+    """A run's params are its config, which holds at most external.MAX_CONFIG_CHARS: params
+    MLflow allows one by one (6000 characters each) may pass it together; the refusal says so."""
+    run_id = new_run(api, experiment(api))
+    ok(log(api, run_id, params=params(first="x" * 6000)))
+    message = refused(api.post(f"{API}/runs/log-parameter", json={"run_id": run_id, "key": "second",
+                                                                   "value": "y" * 6000}),
+                      400, "INVALID_PARAMETER_VALUE")
+    assert message.startswith("params") and "second" in message
+    assert {p["key"] for p in run_of(api, run_id)["data"]["params"]} == {"first"}
