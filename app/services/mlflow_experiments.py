@@ -88,8 +88,10 @@ def get_experiment(engine: Engine, experiment_id: str) -> dict[str, Any]:
 
 
 def get_experiment_by_name(engine: Engine, name: str) -> dict[str, Any]:
+    """The experiment of NAME as create_experiment keeps it (stripped)."""
+    stored = name.strip()
     with read_session(engine) as s:
-        sweep = named(s, name) if "\x00" not in name else None  # none holds one; PostgreSQL refuses it
+        sweep = named(s, stored) if stored and "\x00" not in stored else None  # PostgreSQL refuses a NUL
     if sweep is None:
         raise NotFound(f"experiment {name[:200]!r} not found")
     return _experiment_json(sweep)

@@ -314,3 +314,44 @@ def test_params_past_the_configs_size_are_refused_naming_params(api: TestClient)
                       400, "INVALID_PARAMETER_VALUE")
     assert message.startswith("params") and "second" in message
     assert {p["key"] for p in run_of(api, run_id)["data"]["params"]} == {"first"}
+
+
+def test_clients_creating_one_experiment_or_the_default_at_once_make_one(settings: Settings, engine: Engine,
+                                                                         api: TestClient) -> None:
+    """set_experiment in several processes at once: one experiment, the others told it exists;
+    first runs into the default experiment at once: one 'Default' sweep, every run in it."""
+    answers: list[tuple[int, str]] = []
+    barrier = threading.Barrier(4)
+
+    def client() -> None:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as own:
+            barrier.wait()
+            made = own.post(f"{API}/experiments/create", json={"name": "shared"})
+            answers.append((made.status_code, made.json().get("error_code", "")))
+            barrier.wait()
+            run = own.post(f"{API}/runs/create", json={"experiment_id": "0"})
+            answers.append((run.status_code, run.json()["run"]["info"]["experiment_id"]))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    created = sorted(a for a in answers if a[1] in ("", "RESOURCE_ALREADY_EXISTS"))
+    assert created == [(200, "")] + [(400, "RESOURCE_ALREADY_EXISTS")] * 3
+    defaults = {eid for status, eid in answers if eid not in ("", "RESOURCE_ALREADY_EXISTS") and status == 200}
+    assert len(defaults) == 1 and len(runs_of(engine, int(defaults.pop()))) == 4
+    names = [e["name"] for e in ok(api.get(f"{API}/experiments/search"))["experiments"]]
+    assert sorted(names) == ["Default", "shared"]
+
+
+def test_an_experiment_name_with_spaces_around_is_found_as_it_was_made(api: TestClient) -> None:
+    """experiments/create keeps the name stripped; get-by-name looks for the name stripped too, so
+    mlflow.set_experiment(" padded ") finds it the next time (it was made again and refused, and
+    set_experiment's fallback lookup found nothing: its runs went to the default experiment)."""
+    eid = ok(api.post(f"{API}/experiments/create", json={"name": " padded "}))["experiment_id"]
+    got = ok(api.get(f"{API}/experiments/get-by-name", params={"experiment_name": " padded "}))["experiment"]
+    assert (got["experiment_id"], got["name"]) == (eid, "padded")
+    refused(api.post(f"{API}/experiments/create", json={"name": " padded "}), 400, "RESOURCE_ALREADY_EXISTS")
+    refused(api.get(f"{API}/experiments/get-by-name", params={"experiment_name": "  "}), 404,
+            "RESOURCE_DOES_NOT_EXIST")
