@@ -22,7 +22,17 @@ from app.models import Run
 from app.services.mlflow_run_values import MAX_TAGS_CHARS
 from tests.factories import metric_rows, runs_of
 from tests.faults import LostCommit, StatementFault
-from tests.integration.test_mlflow_api import API, experiment, log, new_run, ok, params, refused, run_of
+from tests.integration.test_mlflow_api import (
+    API,
+    configs_with_runs,
+    experiment,
+    log,
+    new_run,
+    ok,
+    params,
+    refused,
+    run_of,
+)
 
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
@@ -213,7 +223,7 @@ def test_a_batch_whose_answer_was_lost_after_its_commit_is_not_stored_twice(api:
 
 def test_two_clients_writing_one_run_at_once_lose_and_double_nothing(settings: Settings, engine: Engine,
                                                                     api: TestClient) -> None:
-    """Two clients log steps of their own keys and the same params into one run at once."""
+    """Two clients log steps of their own keys, a param each and a shared one into one run at once."""
     run_id = new_run(api, experiment(api))
     errors: list[str] = []
     barrier = threading.Barrier(2)
@@ -223,7 +233,8 @@ def test_two_clients_writing_one_run_at_once_lose_and_double_nothing(settings: S
             barrier.wait()
             for step in range(1, 16):
                 answer = own.post(f"{API}/runs/log-batch", json={
-                    "run_id": run_id, "params": params(width=8), "tags": [{"key": key, "value": str(step)}],
+                    "run_id": run_id, "params": params(width=8, **{f"p_{key}": key}),
+                    "tags": [{"key": key, "value": str(step)}],
                     "metrics": [{"key": key, "value": step / 100, "step": step},
                                 {"key": "shared", "value": 1.0, "step": step}]})
                 if answer.status_code != 200:
@@ -240,7 +251,9 @@ def test_two_clients_writing_one_run_at_once_lose_and_double_nothing(settings: S
         assert [e for k, e, _ in rows if k == key] == list(range(1, 16)), key
     run = run_of(api, run_id)
     assert {t["key"]: t["value"] for t in run["data"]["tags"]}.items() >= {"a": "15", "b": "15"}.items()
-    assert run["data"]["params"] == [{"key": "width", "value": "8"}]
+    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"width": "8", "p_a": "a", "p_b": "b"}
+    configs, used = configs_with_runs(engine, int(run["info"]["experiment_id"]))
+    assert len(configs) == 1 and set(configs) == used  # the configs it passed through are gone
 
 
 def test_stepless_points_are_kept_unless_retried_whatever_their_clocks(api: TestClient, engine: Engine) -> None:
