@@ -121,9 +121,7 @@ def update_run(engine: Engine, run_id: str, status: str | None, run_name: str | 
     if status is not None and status not in FROM_MLFLOW_STATUS and status != "RUNNING":
         raise InvalidSpec(f"status: one of RUNNING, FINISHED, FAILED, KILLED, not {status[:30]!r}",
                           fields=[{"loc": "status", "msg": "one of RUNNING, FINISHED, FAILED, KILLED"}])
-    if run_name:
-        with write_session(engine) as s:
-            store_tags(s, tagged_run(s, rid), {RUN_NAME_TAG: run_name})
+    # The status first: a status the run cannot take refuses the whole update, the name included.
     if status in FROM_MLFLOW_STATUS:
         with read_session(engine) as s:
             run = s.get(Run, rid)
@@ -136,6 +134,9 @@ def update_run(engine: Engine, run_id: str, status: str | None, run_name: str | 
     elif status == "RUNNING":
         with write_session(engine) as s:
             writable_run(s, rid, "status changes")
+    if run_name:
+        with write_session(engine) as s:
+            store_tags(s, tagged_run(s, rid), {RUN_NAME_TAG: run_name})
     with read_session(engine) as s:
         found = s.get(Run, rid)
     if found is None:

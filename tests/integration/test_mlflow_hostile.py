@@ -368,3 +368,18 @@ def test_an_experiment_name_with_spaces_around_is_found_as_it_was_made(api: Test
     refused(api.post(f"{API}/experiments/create", json={"name": " padded "}), 400, "RESOURCE_ALREADY_EXISTS")
     refused(api.get(f"{API}/experiments/get-by-name", params={"experiment_name": "  "}), 404,
             "RESOURCE_DOES_NOT_EXIST")
+
+
+def test_a_refused_update_renames_nothing(api: TestClient) -> None:
+    """runs/update with a name and a status the run cannot take: refused whole (the name was
+    stored before the status was refused). MlflowClient.update_run(name=) sends the run's own
+    status with the name, which an ended run takes."""
+    run_id = new_run(api, experiment(api), run_name="first")
+    ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "status": "FINISHED"}))
+    refused(api.post(f"{API}/runs/update", json={"run_id": run_id, "run_name": "second", "status": "FAILED"}),
+            400, "INVALID_STATE")
+    refused(api.post(f"{API}/runs/update", json={"run_id": run_id, "run_name": "second", "status": "RUNNING"}),
+            400, "INVALID_STATE")
+    assert run_of(api, run_id)["info"]["run_name"] == "first"
+    info = ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "run_name": "second", "status": "FINISHED"}))
+    assert (info["run_info"]["run_name"], info["run_info"]["status"]) == ("second", "FINISHED")
