@@ -234,7 +234,7 @@ def page(items: list[dict[str, Any]], max_results: int, page_token: str | None
                           fields=[{"loc": "max_results", "msg": f"between 1 and {MAX_RESULTS}"}])
     start = 0
     if page_token:
-        if not page_token.isdigit() or len(page_token) > 9:
+        if not page_token.isascii() or not page_token.isdigit() or len(page_token) > 9:  # not '²'
             raise InvalidSpec("page_token: not a token this server gave",
                               fields=[{"loc": "page_token", "msg": "not a token this server gave"}])
         start = int(page_token)

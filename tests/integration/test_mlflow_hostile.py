@@ -383,3 +383,11 @@ def test_a_refused_update_renames_nothing(api: TestClient) -> None:
     assert run_of(api, run_id)["info"]["run_name"] == "first"
     info = ok(api.post(f"{API}/runs/update", json={"run_id": run_id, "run_name": "second", "status": "FINISHED"}))
     assert (info["run_info"]["run_name"], info["run_info"]["status"]) == ("second", "FINISHED")
+
+
+def test_a_page_token_of_other_digits_is_not_ours(api: TestClient) -> None:
+    eid = experiment(api)
+    for token in ("²", "٣"):
+        refused(api.post(f"{API}/runs/search", json={"experiment_ids": [eid], "page_token": token}),
+                400, "INVALID_PARAMETER_VALUE")
+        refused(api.get(f"{API}/experiments/search", params={"page_token": token}), 400, "INVALID_PARAMETER_VALUE")
