@@ -9,13 +9,12 @@ point the key stored before, its client timestamp and value both, stores nothing
 one older than every point the key remembers once it remembers REMEMBERED (a retried batch
 longer than the memory). The key's last REMEMBERED such points are kept in the run's tags under
 `sweeplab.stepless`, so a point of a client whose clock is behind another's, two points in one
-millisecond, or points after a bogus timestamp are all new. (Runs logged before
-kept only the key's latest timestamp there: a point no later than it is a retry. A point without
-a timestamp is always new, except an explicit step 0, which is epoch 0.) Keras'
-autolog logs its 0-based epoch index as the step, so a fit of N epochs reads as epochs 0..N-1,
-as MLflow shows it. A key is stored by sweeplab's name for it (app.metrics.keras_key:
-`epoch_loss` is `loss`). NaN is stored as null, infinities as such; answers give "NaN" and
-"Infinity" back.
+millisecond, or points after a bogus timestamp are all new. (Runs logged before kept only the
+key's latest timestamp there: a point no later than it is a retry. A point without a timestamp
+is always new, except an explicit step 0, which is epoch 0.) Keras' autolog logs its 0-based
+epoch index as the step, so a fit of N epochs reads as epochs 0..N-1, as MLflow shows it. A key
+is stored by sweeplab's name for it (app.metrics.keras_key: `epoch_loss` is `loss`). NaN is
+stored as null, infinities as such; answers give "NaN" and "Infinity" back.
 
 Metric rows belong to the run, not to the config, so a run moving to the config of its params
 touches none: each epoch is stored once, and no run is ever made twice by a move.
