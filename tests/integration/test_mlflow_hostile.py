@@ -1,8 +1,10 @@
 """MLflow's write routes against hostile and broken input (the protocol's ordinary use:
-tests/integration/test_mlflow_api.py): ids that are not ids, text neither database stores,
-numbers past what a field holds, bodies nested to the parser's limit, a run's limits reached at
-create, a client gone mid-upload, a database fault mid-batch and an answer lost after a commit,
-two clients writing one run at once. Every refusal is MLflow's error shape, never a 500."""
+tests/integration/test_mlflow_api.py): ids and page tokens that are not ids, text neither
+database stores, numbers past what a field holds, bodies nested to the parser's limit, a run's
+limits reached at create or by its params, a client gone mid-upload, a database fault mid-batch
+and an answer lost after a commit, two clients writing one run (or making one experiment) at once,
+stepless points whatever the clients' clocks, an update refused whole, a name with spaces around.
+Every refusal is MLflow's error shape, never a 500."""
 
 from __future__ import annotations
 
