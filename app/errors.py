@@ -82,7 +82,7 @@ class EndpointNotFound(NotFound):
     code = "endpoint_not_found"
 
 
-SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "disk is full")  # full: no room to write now
 RETRY_AFTER_SECONDS = 2  # what a 503 asks clients to wait: about one pool timeout
 HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}

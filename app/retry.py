@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})  # connection, resources, operator intervention
-SQLITE_BUSY_TEXTS = ("database is locked", "database is busy", "database table is locked")
+# SQLite's transient errors; "disk is full" as PostgreSQL's class 53 (insufficient resources) is above.
+SQLITE_BUSY_TEXTS = ("database is locked", "database is busy", "database table is locked", "database or disk is full")
 FIRST_DELAY_SECONDS = 0.05
 MAX_DELAY_SECONDS = 2.0
 

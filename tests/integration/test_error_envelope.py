@@ -186,3 +186,36 @@ def test_openapi_documents_the_envelope_for_every_error(api: TestClient) -> None
                     assert answer["content"]["application/json"]["schema"] == ref, (method, path, status)
                     seen += status == "422"
     assert seen >= 10
+
+
+def test_503_when_sqlite_finds_its_disk_full(settings: Settings, engine: Engine) -> None:
+    """SQLite's "database or disk is full" (here: the file may not grow, PRAGMA max_page_count) is
+    the database unable to take writes now, not a bug: 503 with Retry-After, no stack trace, and
+    nothing half-written; once there is room again the same request succeeds."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's own disk-full error")
+    from sqlalchemy import event, text
+
+    full = {"on": True}
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        if full["on"]:
+            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        event.listen(engine, "connect", cap)
+        try:
+            engine.dispose()  # every connection from here on is capped
+            big = {**SPEC, "name": "x" * 150, "grid": {"model.hidden": [[w] for w in range(1, 201)]}, "replicates": 10}
+            answer = api.post("/api/sweeps", json=big)
+            error = envelope(answer, 503, "database_unavailable")
+            assert int(answer.headers["retry-after"]) >= 1 and "Traceback" not in answer.text
+            with engine.connect() as c:
+                assert c.execute(text("SELECT count(*) FROM sweeps")).scalar() == 0
+            assert error["fields"] == []
+        finally:
+            full["on"] = False
+            event.remove(engine, "connect", cap)
+            engine.dispose()
+        assert api.post("/api/sweeps", json=big).status_code == 201
