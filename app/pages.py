@@ -153,8 +153,11 @@ def run_page(run_id: int, request: Request, engine: EngineDep) -> HTMLResponse:
     data = {"id": run.id, "sweep_id": run.sweep_id, "dataset": dataset, "status": run.status,
             "class_names": _class_names(dataset, request.app.state.settings.data_dir), "epochs": run.epochs,
             "artifacts": [a.name for a in artifacts]}
+    # The config as text for its <pre>, autoescaped there: `tojson` writes < > & ' and non-ASCII as
+    # \u escapes (safe inside a <script>), which a reader of the page would see as they are.
+    config_text = json.dumps(run.config, indent=2, sort_keys=True, ensure_ascii=False)
     return _render(request, "run.html", keys, run=run, sweep=sweep, artifacts=artifacts, data=data,
-                   final=statuses.is_final(run.status))
+                   config_text=config_text, final=statuses.is_final(run.status))
 
 
 @router.get("/studies/{study:path}", response_class=HTMLResponse)

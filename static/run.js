@@ -111,7 +111,7 @@ async function drawOutputs() {
   }
   const count = base.indices.length;
   const first = Math.min(...base.indices);
-  const images = await api(`/api/datasets/${run.dataset}/images?split=test&start=${first}&count=${count}`).catch(() => null);
+  const images = await api(`/api/datasets/${encodeURIComponent(run.dataset)}/images?split=test&start=${first}&count=${count}`).catch(() => null);
   const classes = run.class_names.map(chartText);
   const traces = [], annotations = [];
   let lay = {};
