@@ -3,7 +3,8 @@
 Columns: sweep, config, config_label, seed, run, key, epoch, value. Values that are NaN or
 infinite are written empty (CSV) or null (JSON), as /api/runs/{id}/metrics answers them; finite
 values are written with repr(), which reads back to the same float. Text cells of the CSV that a
-spreadsheet would run as a formula get OWASP's single-quote prefix.
+spreadsheet would run as a formula get OWASP's single-quote prefix (at their start, and after a
+semicolon, where a spreadsheet splits cells at semicolons).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,9 +30,16 @@ ROWS_PER_PAGE = 5000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+# A semicolon before one of them (past any quotes and spaces): Excel in a locale whose list
+# separator is `;` (German, French, ...) splits a comma CSV there, and that part starts a cell.
+SEMICOLON_FORMULA = re.compile(r';(?=[ "]*[=+\-@\t\r])')
+
+
 def csv_text(cell: str) -> str:
     """A text cell as a spreadsheet shows it, never as a formula: OWASP's single-quote prefix on a
-    cell starting with = + - @, tab or CR. Numbers are written as numbers and never pass here."""
+    cell starting with = + - @, tab or CR, and after a semicolon followed by one of them (where `;`
+    separates cells). Numbers are written as numbers and never pass here."""
+    cell = SEMICOLON_FORMULA.sub(";'", cell)
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 

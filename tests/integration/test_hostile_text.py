@@ -5,7 +5,9 @@ page, and a config key that is a LaTeX command is a column heading printed as ty
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -71,3 +73,19 @@ def test_a_config_key_that_is_a_latex_command_is_a_heading_as_typed(api: TestCli
     assert body[0].startswith(r"\textbackslash{}def\textbackslash{}x\{1\} & 1 &")
     assert body[1].startswith(r"\$x\$ \& y & 1 &")
     assert r"\input" not in tex and r"\def" not in tex and "^^" not in tex
+
+
+def test_csv_cells_run_no_formula_where_the_separator_is_a_semicolon(api: TestClient) -> None:
+    """Excel in a locale whose list separator is `;` (German, French, ...) splits a comma CSV at
+    semicolons, so a text cell `x;=cmd|...` puts a formula at the start of a column of its own:
+    a semicolon followed by a formula character gets the single quote too."""
+    run = _run(api, {"x;=cmd|' /C calc'!A0;": 1, "y": "a; +1"})
+    assert api.post(f"/api/runs/{run['id']}/epochs", json={"epoch": 1, "metrics": {
+        'k;"@SUM(A1)': 0.5, "plain;key": 0.25}}).status_code == 200
+    text = api.get(f"/api/sweeps/{run['sweep_id']}/metrics.csv").text
+    for line in text.splitlines()[1:]:
+        for field in line.split(";")[1:]:  # as such a spreadsheet splits the line (quotes mid-field are text)
+            assert not field.lstrip(' "').startswith(("=", "+", "-", "@", "\t", "\r")), (line, field)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {r["config_label"] for r in rows} == {"x;'=cmd|' /C calc'!A0;'=1 · y=\"a;' +1\""}
+    assert sorted(r["key"] for r in rows) == sorted(['k;\'"@SUM(A1)', "plain;key"])
