@@ -150,6 +150,14 @@ def test_hostile_text_runs_nowhere_and_shows_as_typed(page: Page, live_server: L
     texts = p.evaluate(SVG_TEXT)
     assert any(IMG in t for t in texts), texts  # the axis, its values and the metric key as typed
     assert any("<b>bold</b>" in t for t in texts), texts
+    # Parcoords draws its tick texts as plain text (the pages pass them unescaped): as typed, not bold.
+    p.locator("#parcoords-chart").scroll_into_view_if_needed()  # drawn once it comes into view
+    p.wait_for_function("() => document.querySelectorAll('#parcoords-chart .tick text').length > 0", timeout=20_000)
+    ticks = p.evaluate("() => [...document.querySelectorAll('#parcoords-chart .tick text')]"
+                       ".map((t) => [t.textContent, t.querySelectorAll('tspan').length])")
+    assert [f"<b>bold</b>{IMG}", 0] in ticks, ticks
+    _assert_clean(p, "external sweep with its parallel coordinates", KEY)
+    assert any(KEY in t for t in p.evaluate(SVG_TEXT.replace(".js-plotly-plot", "#parcoords-chart")))  # its label
 
     p = page.open(f"/runs/{run_id}")
     _assert_clean(p, "run", EVIL)
