@@ -21,18 +21,22 @@ SPECIALS = {
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "[": "{[}", "]": "{]}",  # a cell starting with [ after \\ or \midrule would be read as their option
+    "*": "{*}",  # one starting with * after \\ (past the line break) as its starred form, the * lost
 }
 NO_VALUE = "--"
 
 
 def latex_escape(text: str) -> str:
     """TEXT as LaTeX prints it: the special characters `& % $ # _ { } ~ ^ \\` (and `< > |`, which
-    OT1 fonts print as other glyphs) as their commands, brackets braced, control characters and line breaks as
-    spaces (a blank line would end the table's paragraph)."""
+    OT1 fonts print as other glyphs) as their commands, brackets and stars braced, a - before another
+    split from it (-- and --- print as dashes), control characters and line breaks as spaces (a blank
+    line would end the table's paragraph)."""
     out = []
-    for ch in text:
+    for i, ch in enumerate(text):
         if ch in SPECIALS:
             out.append(SPECIALS[ch])
+        elif ch == "-" and text[i + 1:i + 2] == "-":
+            out.append("-{}")
         elif ch < " " or ch == "\x7f":
             out.append(" ")
         else:

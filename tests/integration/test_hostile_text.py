@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
+from app.services.latex import latex_escape
 
 CONFIG = {"note": "<b>bold</b> & 'quoted' \"double\" η²", "</script><script>window.__xss=1</script>": 1}
 
@@ -89,3 +90,17 @@ def test_csv_cells_run_no_formula_where_the_separator_is_a_semicolon(api: TestCl
     rows = list(csv.DictReader(io.StringIO(text)))
     assert {r["config_label"] for r in rows} == {"x;'=cmd|' /C calc'!A0;'=1 · y=\"a;' +1\""}
     assert sorted(r["key"] for r in rows) == sorted(['k;\'"@SUM(A1)', "plain;key"])
+
+
+def test_latex_cells_keep_a_leading_star_and_double_dashes(api: TestClient) -> None:
+    """A row's first cell follows `\\\\`, which takes a `*` after it (even past the line break) as
+    its starred form, and `--` prints as an en dash: both are braced so they print as typed."""
+    for i, value in enumerate(("*starred", "--flag")):
+        run = _run(api, {"opt": value, "width": 8}, seed=i)
+        assert api.post(f"/api/runs/{run['id']}/epochs", json={"epoch": 1, "metrics": {
+            "val_accuracy": 0.5 + 0.1 * i}}).status_code == 200
+        assert api.post(f"/api/runs/{run['id']}/finish", json={"status": "succeeded"}).status_code == 200
+    lines = api.get(f"/api/sweeps/{run['sweep_id']}/table.tex").text.splitlines()
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    assert [row.split(" & ")[0] for row in body] == ["{*}starred", "-{}-flag"]
+    assert latex_escape("a---b") == "a-{}-{}-b" and latex_escape("x-y") == "x-y"
