@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(mlflow.router)  # MLflow's tracking protocol, in its own error shape
     app.include_router(workers.router)
     app.include_router(pages.router)
+    app.state.templates.env.filters["path_part"] = pages.url_path_part
     app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

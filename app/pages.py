@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import quote
 
 import plotly
 from fastapi import APIRouter, Query, Request
@@ -47,6 +48,16 @@ def vocabulary(keys: Sequence[str] = ()) -> dict[str, Any]:
     metrics, and the status catalogue in progress-bar order."""
     return {"metrics": metrics.catalogue_json(keys), "primary": metrics.PRIMARY_KEY,
             "finals": list(metrics.FINAL_KEYS), "statuses": statuses.catalogue_json()}
+
+
+def url_path_part(value: object) -> str:
+    """VALUE (a study's or a dataset's name) as the rest of a URL path: every reserved character
+    escaped; a "/" stays readable (a study "course/week1" is /studies/course/week1), unless a part
+    between slashes is "." or "..", which a browser would resolve away (Jinja's `urlencode` linked
+    a study "a/../b" to /studies/b): then every "/" is escaped too. The templates' `path_part`."""
+    text = str(value)
+    dots = any(part in (".", "..") for part in text.split("/"))
+    return quote(text, safe="" if dots else "/")
 
 
 def _render(request: Request, name: str, keys: Sequence[str] = (), **context: object) -> HTMLResponse:

@@ -104,3 +104,25 @@ def test_latex_cells_keep_a_leading_star_and_double_dashes(api: TestClient) -> N
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert [row.split(" & ")[0] for row in body] == ["{*}starred", "-{}-flag"]
     assert latex_escape("a---b") == "a-{}-{}-b" and latex_escape("x-y") == "x-y"
+
+
+def test_a_study_name_with_slashes_and_dots_links_to_its_own_page(api: TestClient) -> None:
+    """A study named "a/../b": every link to it escapes the "/" (Jinja's urlencode kept it, and the
+    browser shortened /studies/a/../b to /studies/b, another study's page), and each reaches it.
+    (A name without such a part keeps its "/" readable: tests/integration/test_questions.py.)"""
+    study = "a/../b"
+    run = _run(api, {"width": 8}, study=study)
+    quoted = quote(study, safe="")
+    links = {
+        "/": [f'href="/studies/{quoted}"', f'href="/?study={quoted}"'],
+        f"/sweeps/{run['sweep_id']}": [f'href="/studies/{quoted}"'],
+        f"/studies/{quoted}": [f'href="/api/studies/{quoted}/report.html"', f'href="/?study={quoted}"'],
+    }
+    for path, hrefs in links.items():
+        page = api.get(path)
+        assert page.status_code == 200, (path, page.text[:300])
+        for href in hrefs:
+            assert href in page.text, (path, href, re.findall(r'href="[^"]*stud[^"]*"', page.text))
+    assert study in html.unescape(api.get(f"/studies/{quoted}").text)
+    report = api.get(f"/api/studies/{quoted}/report.html")
+    assert report.status_code == 200 and study in html.unescape(report.text)
