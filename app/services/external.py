@@ -45,6 +45,11 @@ CANCEL_GRACE_HEARTBEATS = 3
 STOPPED_REPORTING = "the client stopped reporting"
 
 
+def config_chars(config: dict[str, Any]) -> int:
+    """A config's size as its limit (MAX_CONFIG_CHARS) counts it: characters as sorted JSON."""
+    return len(json.dumps(config, sort_keys=True))
+
+
 def heartbeat_seconds(stale_seconds: float) -> float:
     """How often a client should send a heartbeat so that a live one is never taken for stale."""
     return min(MAX_HEARTBEAT_SECONDS, stale_seconds / HEARTBEATS_PER_STALE)
@@ -81,7 +86,7 @@ def check_config(config: Any) -> dict[str, Any]:
                 walk(v, depth + 1, f"{where}[{i}]")
 
     walk(config, 0, "config")
-    if len(json.dumps(config, sort_keys=True)) > MAX_CONFIG_CHARS:
+    if config_chars(config) > MAX_CONFIG_CHARS:
         raise InvalidSpec(f"config: over {MAX_CONFIG_CHARS} characters as JSON")
     return config
 

@@ -141,8 +141,8 @@ def _store_params(s: Session, run: Run, params: dict[str, str], max_configs: int
                               fields=[{"loc": f"params.{key}", "msg": "already logged with another value"}])
         merged[key] = param_value(text)
     if merged != have:
-        size = len(json.dumps(merged, sort_keys=True))
-        if size > external.MAX_CONFIG_CHARS:  # as external.check_config measures it, named as MLflow's params
+        size = external.config_chars(merged)
+        if size > external.MAX_CONFIG_CHARS:  # external.check_config's limit, named as MLflow's params
             new = ", ".join(sorted(k for k in merged if k not in have))[:200]
             raise InvalidSpec(f"params: a run's params are its config, at most {external.MAX_CONFIG_CHARS} "
                               f"characters as JSON; with {new} they come to {size}",
