@@ -10,11 +10,13 @@ import tensorflow as tf
 from app.spec import TrainSpec
 
 
-def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """R Dense layers at once: x is (R, B, in), one batch per replicate, or (B, in) shared by all."""
+def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, transposed: bool = False) -> tf.Tensor:
+    """R Dense layers at once: x is (R, B, in), one batch per replicate, or (B, in) shared by all;
+    kernel (R, in, out), or (R, out, in) when TRANSPOSED (worker.packed_program.transposed_kernels)."""
+    rhs = "roi" if transposed else "rio"
     if len(x.shape) == 2:
-        return tf.einsum("bi,rio->rbo", x, kernel) + bias[:, None, :]
-    return tf.einsum("rbi,rio->rbo", x, kernel) + bias[:, None, :]
+        return tf.einsum(f"bi,{rhs}->rbo", x, kernel) + bias[:, None, :]
+    return tf.einsum(f"rbi,{rhs}->rbo", x, kernel) + bias[:, None, :]
 
 
 class PackedDense(keras.layers.Layer):  # type: ignore[misc]  # Keras is untyped

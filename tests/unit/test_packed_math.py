@@ -99,7 +99,23 @@ CASES = [  # hidden, output, loss, optimizer, learning rate, hidden activation
     # Keras takes a sigmoid output's own logits and applies a softmax crossentropy to them.
     pytest.param([6], "sigmoid", "sparse_categorical_crossentropy", "adam", None, "relu", id="sigmoid-ce"),
     pytest.param([8], "linear", "mse", "sgd", 0.05, "sigmoid", id="linear-mse"),
+    # A kernel wider than FLIPPED_UNITS keeps Keras' layout in the loop, the narrower ones turn.
+    pytest.param([72, 8], "softmax", "sparse_categorical_crossentropy", "adam", None, "relu",
+                 id="mixed-kernel-layouts"),
 ]
+
+
+def test_narrow_kernels_train_transposed_and_wide_ones_as_keras_holds_them() -> None:
+    """The loop's layout of the mixed-kernel-layouts case: its 784x72 kernel as Keras holds it,
+    the 72x8 and 8x10 kernels transposed; biases never (so that case tests both layouts)."""
+    import tensorflow as tf
+
+    from worker.packed_program import FLIPPED_UNITS, transposed_kernels
+
+    assert 8 < FLIPPED_UNITS < 72
+    pack = PackedTrainer(make_spec([72, 8], "softmax", "sparse_categorical_crossentropy", "adam"), SEEDS,
+                         make_data(40, 10), [None] * len(SEEDS)).packs[0]
+    assert transposed_kernels([tf.constant(w) for w in pack.weights()]) == [False, False, True, False, True, False]
 
 
 @pytest.mark.slow
