@@ -22,7 +22,8 @@ UNKNOWN = "unknown"
 NOT_INSTALLED = "not installed"
 # The packages whose versions are recorded: the module name, then the distributions that provide it.
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "tensorflow-macos",
+                   "tf-nightly", "tf-nightly-cpu"),
     "keras": ("keras",),
     "numpy": ("numpy",),
 }

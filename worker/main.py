@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.db import engine_for
+from app.machine import package_version
 from app.retry import DatabaseUnavailable, retry_transient
 from app.services.planner import plan, plan_pending
 from app.services.queue import Claim, claim_runs, claims_with_token, new_token
@@ -40,10 +40,7 @@ def xla_cache_dir(settings: Settings) -> Path:
     cache), shared by every worker with the same artifacts folder and TensorFlow: under the
     artifacts folder, one subfolder per TensorFlow version and XLA_FLAGS (an executable compiled
     by another version or with other flags is never loaded)."""
-    try:
-        version = importlib.metadata.version("tensorflow")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+    version = package_version("tensorflow")  # any of its distributions (tensorflow-cpu here), not imported
     flags = hashlib.sha256(os.environ.get("XLA_FLAGS", "").encode()).hexdigest()[:8]
     return Path(settings.artifacts_dir) / "xla-cache" / f"tf-{version}-{flags}"
 
