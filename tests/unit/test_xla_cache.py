@@ -27,3 +27,14 @@ def test_other_xla_flags_get_another_folder(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false --xla_cpu_use_xnnpack=true")
     assert xla_cache_dir(settings) != plain
     assert xla_cache_dir(settings).parent == plain.parent
+
+
+def test_the_workers_xla_defaults_are_added_unless_the_user_named_the_flag() -> None:
+    from worker.main import XLA_CHEAP_LLVM, XLA_NO_EIGEN_THREADS, xla_flags
+
+    assert xla_flags("", gpu=False).split() == [XLA_NO_EIGEN_THREADS, XLA_CHEAP_LLVM]
+    assert xla_flags("", gpu=True).split() == [XLA_NO_EIGEN_THREADS]  # LLVM's passes stay on a GPU's
+    mine = "--xla_dump_to=/tmp/d --xla_llvm_disable_expensive_passes=false --xla_cpu_multi_thread_eigen=true"
+    assert xla_flags(mine, gpu=False) == mine  # the user's own values win, nothing is added twice
+    assert xla_flags(xla_flags("--xla_dump_to=/tmp/d", gpu=False), gpu=False).split() == [
+        "--xla_dump_to=/tmp/d", XLA_NO_EIGEN_THREADS, XLA_CHEAP_LLVM]
