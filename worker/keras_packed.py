@@ -47,7 +47,7 @@ from worker.packed_program import program_for
 from worker.trainer import EpochMetrics, PreparedData, State, epoch_order, replicate_specs
 
 __all__ = [  # the names moved out, and this module's own
-    "CACHE_BLOCK_BYTES", "EAGER_PREDICT_ROWS", "EVAL_CHUNK", "STEPS_PER_CALL", "PackedDense", "PackedMLP",
+    "CACHE_BLOCK_BYTES", "EAGER_PREDICT_ROWS", "EVAL_CHUNK", "MIN_BLOCK", "STEPS_PER_CALL", "PackedDense", "PackedMLP",
     "PackedTrainer", "accelerators", "decode_rows", "dense", "device_inputs", "encode_rows", "pack_count",
     "pack_devices", "program_for",
 ]
@@ -62,8 +62,13 @@ EAGER_PREDICT_ROWS = 1024  # predictions on at most this many images run eagerly
 # A CPU thread's replicates train in blocks whose weights, gradients and optimizer slots fit in this
 # many bytes, one block after another: the step's traffic stays in cache (2-core EPYC, 32 MiB L3, one
 # thread, 10 replicates of width 256 with Adam: 6.8 ms a step as one block of 10 (32 MB), 5.0 ms as
-# five blocks of 2; width 128: 2.60 vs 2.29 ms; width 32 (4 MB) stays one block).
-CACHE_BLOCK_BYTES = 8 << 20
+# five blocks of 2; width 128: 2.60 vs 2.29 ms; width 32 (4 MB) stays one block). With two workers
+# sharing the L3 (2026-12-04, Zen 5 EPYC, two processes, 10 replicates each, Adam, s per epoch): 4 MiB
+# beat 8 MiB at width 64 (blocks of 5: 1.71-1.79 vs one of 10: 1.99-2.70) and 128 (blocks of 2:
+# 2.96-3.08 vs 5: 3.02-3.50), but a block of one lost at 256 (6.9-8.3 vs blocks of 2: 5.3-5.7), so
+# blocks hold at least MIN_BLOCK replicates.
+CACHE_BLOCK_BYTES = 4 << 20
+MIN_BLOCK = 2
 
 
 def accelerators() -> list[str]:
@@ -237,12 +242,13 @@ class PackedTrainer:
 
     def _blocks(self, members: list[int], state: State, device: str | None) -> list[list[int]]:
         """A CPU lane's replicates in blocks of at most CACHE_BLOCK_BYTES of weights, gradients and
-        optimizer slots (equal sizes where they can be: one compile); a GPU's stay one pack."""
+        optimizer slots but at least MIN_BLOCK replicates (equal sizes where they can be: one
+        compile); a GPU's stay one pack."""
         if device is not None and "GPU" in device.upper():
             return [members]
         arrays = 2 + len(program_for(self.spec).slot_names())  # weights, gradients, slots
         per_replicate = arrays * 4 * sum(int(v.size) for k, v in state.items() if k.startswith("w/"))
-        size = max(1, CACHE_BLOCK_BYTES // per_replicate)
+        size = max(MIN_BLOCK, CACHE_BLOCK_BYTES // per_replicate)
         return [[int(i) for i in block] for block in np.array_split(members, math.ceil(len(members) / size))]
 
     def _pack(self, members: list[int], states: list[State], device: str | None, lane: int) -> _Pack:

@@ -500,9 +500,10 @@ def test_a_gpu_worker_claims_whole_configs_unless_told(monkeypatch: pytest.Monke
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_pack")
 def test_a_threads_replicates_train_in_cache_sized_blocks_as_one_pack_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Width 256 with Adam: 3.3 MB of weights, gradients and slots per replicate, so a CPU thread's
-    four replicates train in blocks of two (CACHE_BLOCK_BYTES), one after another; each block is
-    rebuilt on its own as its replicates leave, and the results are one big pack's."""
+    """Width 256 with Adam: 3.3 MB of weights, gradients and slots per replicate, more than
+    CACHE_BLOCK_BYTES allows beside another, so a CPU thread's four replicates train in blocks of
+    MIN_BLOCK (two), one after another; each block is rebuilt on its own as its replicates leave,
+    and the results are one big pack's."""
     spec = make_spec([256], "softmax", "sparse_categorical_crossentropy", "adam")
     data = make_data(64, 40)
     seeds = [*SEEDS, 99]
@@ -521,6 +522,19 @@ def test_a_threads_replicates_train_in_cache_sized_blocks_as_one_pack_would(monk
     assert [p.members for p in blocked.packs] == [[0], [2, 3]]
     for r in (0, 2, 3):
         assert_states_close(blocked.state(r), whole.state(r), 1e-6)
+
+
+@pytest.mark.usefixtures("one_pack")
+def test_block_sizes_follow_the_cache_budget() -> None:
+    """Adam's weights, gradients and two slots: width 64 is 0.82 MB a replicate, so ten make two
+    blocks of five within 4 MiB; width 8 (0.1 MB) stays one block of ten."""
+    data = make_data(40, 10)
+    seeds = list(range(10))
+    assert keras_packed.CACHE_BLOCK_BYTES == 4 << 20 and keras_packed.MIN_BLOCK == 2
+    for width, blocks in ((64, [list(range(5)), list(range(5, 10))]), (8, [seeds])):
+        trainer = PackedTrainer(make_spec([width], "softmax", "sparse_categorical_crossentropy", "adam"), seeds,
+                                data, [None] * len(seeds))
+        assert [p.members for p in trainer.packs] == blocks, width
 
 
 @pytest.mark.slow
