@@ -106,8 +106,10 @@ def compiled_model(spec: TrainSpec, seed: int, input_shape: tuple[int, ...] = MN
 
 def fresh_state(spec: TrainSpec, seed: int, input_shape: tuple[int, ...] = MNIST_SHAPE,
                 classes: int = MNIST_CLASSES) -> State:
-    """The initial weights a standalone model gets from its seed, in canonical form."""
-    model = compiled_model(spec, seed, input_shape, classes)
+    """The initial weights a standalone model gets from its seed, in canonical form: compiled_model's,
+    without the compile (which draws nothing; a pack of 10 built ~0.2 s faster)."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(spec, input_shape, classes)
     return {f"w/{j}": np.asarray(v.numpy()) for j, v in enumerate(model.trainable_variables)}
 
 

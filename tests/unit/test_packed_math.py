@@ -196,6 +196,17 @@ def test_initial_weights_are_standalone_glorot_uniform() -> None:
     assert not np.allclose(states[1]["w/2"], states[2]["w/2"])
 
 
+def test_fresh_state_is_a_compiled_standalone_models_initial_weights() -> None:
+    """fresh_state skips the compile: the weights must still be compiled_model's, bit for bit."""
+    spec = make_spec([8, 4], "softmax", "sparse_categorical_crossentropy", "adam")
+    for seed in (0, 17):
+        want = [np.asarray(v.numpy()) for v in compiled_model(spec, seed).trainable_variables]
+        got = fresh_state(spec, seed)
+        assert sorted(got) == [f"w/{j}" for j in range(len(want))]
+        for j, w in enumerate(want):
+            np.testing.assert_array_equal(got[f"w/{j}"], w)
+
+
 def test_pack_refuses_replicates_at_different_steps() -> None:
     spec = make_spec([4], "softmax", "sparse_categorical_crossentropy", "sgd")
     behind = fresh_state(spec, 1) | {"opt/iteration": np.asarray(3, np.int64)}
