@@ -66,7 +66,7 @@ EAGER_PREDICT_ROWS = 1024  # predictions on at most this many images run eagerly
 # sharing the L3 (2026-12-04, Zen 5 EPYC, two processes, 10 replicates each, Adam, s per epoch): 4 MiB
 # beat 8 MiB at width 64 (blocks of 5: 1.71-1.79 vs one of 10: 1.99-2.70) and 128 (blocks of 2:
 # 2.96-3.08 vs 5: 3.02-3.50), but a block of one lost at 256 (6.9-8.3 vs blocks of 2: 5.3-5.7), so
-# blocks hold at least MIN_BLOCK replicates.
+# a block is sized for at least MIN_BLOCK replicates (a lane's remainder may be smaller).
 CACHE_BLOCK_BYTES = 4 << 20
 MIN_BLOCK = 2
 
@@ -241,9 +241,9 @@ class PackedTrainer:
                 self.packs.append(self._pack(block, [full[i] for i in block], device, lane))
 
     def _blocks(self, members: list[int], state: State, device: str | None) -> list[list[int]]:
-        """A CPU lane's replicates in blocks of at most CACHE_BLOCK_BYTES of weights, gradients and
-        optimizer slots but at least MIN_BLOCK replicates (equal sizes where they can be: one
-        compile); a GPU's stay one pack."""
+        """A CPU lane's replicates in blocks of as many as fit CACHE_BLOCK_BYTES of weights,
+        gradients and optimizer slots, or MIN_BLOCK if fewer fit, split as evenly as they can be
+        (one compile per size: a lane of 5 in blocks of 2 trains as 2, 2, 1); a GPU's stay one pack."""
         if device is not None and "GPU" in device.upper():
             return [members]
         arrays = 2 + len(program_for(self.spec).slot_names())  # weights, gradients, slots
