@@ -31,6 +31,7 @@ from worker.trainer import PreparedData, State, TrainerFactory
 log = logging.getLogger("sweeplab.worker")
 
 
+XLA_CACHE_FLAG = "tf_xla_persistent_cache_directory"
 XLA_NO_EIGEN_THREADS = "--xla_cpu_multi_thread_eigen=false"
 # LLVM's expensive passes off for XLA's CPU code: compiles ~15% faster and the packed step no slower
 # (2026-12-04, Zen 5 EPYC, one thread, 10 replicates, Adam, three alternating runs, us per step:
@@ -52,7 +53,6 @@ def xla_flags(current: str, gpu: bool) -> str:
 def nvidia_gpu_present() -> bool:
     """Whether the NVIDIA driver shows a device here, without importing TensorFlow."""
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
-XLA_CACHE_FLAG = "tf_xla_persistent_cache_directory"
 
 
 def xla_cache_dir(settings: Settings) -> Path:
