@@ -27,6 +27,7 @@ from app.spec import TrainSpec
 from worker.presence import Presence
 from worker.programs import ProgramCatalog
 from worker.trainer import PreparedData, State, TrainerFactory
+from worker.xla_cache import drop_broken_entries
 
 log = logging.getLogger("sweeplab.worker")
 
@@ -78,7 +79,8 @@ def configure_tensorflow(settings: Settings) -> None:
 
     Compiled programs persist (xla_cache_dir; TF_XLA_FLAGS naming a cache directory of its own
     wins): a pack shape compiles once for every worker and restart, not once per process (a
-    width-32 training loop: ~1.7 CPU-s to compile, ~0.1 s to load)."""
+    width-32 training loop: ~1.7 CPU-s to compile, ~0.1 s to load). Broken entries are removed
+    first (worker.xla_cache)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info lines in the worker's log
     os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""), nvidia_gpu_present())
     if XLA_CACHE_FLAG not in os.environ.get("TF_XLA_FLAGS", ""):
@@ -88,6 +90,7 @@ def configure_tensorflow(settings: Settings) -> None:
         except OSError as exc:
             log.warning("no XLA compilation cache (%s): every worker compiles its own", exc)
         else:
+            drop_broken_entries(folder)  # a truncated entry would fail its program in every worker
             os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --{XLA_CACHE_FLAG}={folder}".strip()
     if settings.tf_threads:
         import tensorflow as tf
