@@ -12,46 +12,53 @@ is compiled again and rewritten.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("sweeplab.worker")
 
 ENTRY_FIELDS = {1, 2, 3}  # key, hlo_module, executable
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
+def _varint(f: BinaryIO) -> int:
     value = shift = 0
     while True:
-        if i >= len(data) or shift > 63:
+        byte = f.read(1)
+        if not byte or shift > 63:
             raise ValueError("truncated varint")
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
+        value |= (byte[0] & 0x7F) << shift
         shift += 7
-        if not byte & 0x80:
-            return value, i
+        if not byte[0] & 0x80:
+            return value
 
 
-def complete_entry(data: bytes) -> bool:
-    """Whether DATA is a whole serialized entry: its top-level fields end exactly at its end, and it
-    has its key, its HLO module and a non-empty executable."""
+def _complete(f: BinaryIO, size: int) -> bool:
+    """Whether the SIZE bytes of F are a whole serialized entry: its top-level fields end exactly at
+    its end, and it has its key, its HLO module and a non-empty executable. Only the fields' tags
+    and lengths are read; their contents are skipped."""
     seen: dict[int, int] = {}
-    i = 0
     try:
-        while i < len(data):
-            tag, i = _varint(data, i)
+        while f.tell() < size:
+            tag = _varint(f)
             field, wire = tag >> 3, tag & 7
             if wire != 2 or field not in ENTRY_FIELDS:  # every field of the entry is length-delimited
                 return False
-            size, i = _varint(data, i)
-            if i + size > len(data):
+            length = _varint(f)
+            if f.tell() + length > size:
                 return False
-            seen[field] = size
-            i += size
+            seen[field] = length
+            f.seek(length, io.SEEK_CUR)
     except ValueError:
         return False
     return set(seen) == ENTRY_FIELDS and seen[3] > 0
+
+
+def complete_entry(data: bytes) -> bool:
+    """Whether DATA is a whole serialized entry (_complete)."""
+    return _complete(io.BytesIO(data), len(data))
 
 
 def drop_broken_entries(folder: Path) -> list[str]:
@@ -61,7 +68,8 @@ def drop_broken_entries(folder: Path) -> list[str]:
     removed = []
     for path in sorted(folder.glob("*.pb")):
         try:
-            whole = complete_entry(path.read_bytes())
+            with path.open("rb") as f:  # a few bytes read per entry, not its megabytes
+                whole = _complete(f, os.fstat(f.fileno()).st_size)
             if not whole:
                 path.unlink()
                 removed.append(path.name)
