@@ -24,10 +24,10 @@ from app.services.planner import plan, plan_pending
 from app.services.queue import Claim, claim_runs, claims_with_token, new_token
 from app.services.reaping import reap_all
 from app.spec import TrainSpec
+from worker import xla_cache
 from worker.presence import Presence
 from worker.programs import ProgramCatalog
 from worker.trainer import PreparedData, State, TrainerFactory
-from worker.xla_cache import drop_broken_entries
 
 log = logging.getLogger("sweeplab.worker")
 
@@ -79,19 +79,18 @@ def configure_tensorflow(settings: Settings) -> None:
 
     Compiled programs persist (xla_cache_dir; TF_XLA_FLAGS naming a cache directory of its own
     wins): a pack shape compiles once for every worker and restart, not once per process (a
-    width-32 training loop: ~1.7 CPU-s to compile, ~0.1 s to load). Broken entries are removed
-    first (worker.xla_cache)."""
+    width-32 training loop: ~1.7 CPU-s to compile, ~0.1 s to load). TensorFlow is given this
+    process's own folder inside it, which Worker.step syncs with the shared one between packs, so
+    no worker reads an entry another is still writing (worker.xla_cache)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info lines in the worker's log
     os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""), nvidia_gpu_present())
     if XLA_CACHE_FLAG not in os.environ.get("TF_XLA_FLAGS", ""):
-        folder = xla_cache_dir(settings)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
+        try:  # TensorFlow reads and writes a folder of this process's own (why: worker.xla_cache)
+            own = xla_cache.open_cache(xla_cache_dir(settings))
         except OSError as exc:
             log.warning("no XLA compilation cache (%s): every worker compiles its own", exc)
         else:
-            drop_broken_entries(folder)  # a truncated entry would fail its program in every worker
-            os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --{XLA_CACHE_FLAG}={folder}".strip()
+            os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --{XLA_CACHE_FLAG}={own}".strip()
     if settings.tf_threads:
         import tensorflow as tf
 
@@ -255,12 +254,14 @@ class Worker:
         log.info("claimed runs %s (%s, from epoch %d, attempt %d)", [c.run_id for c in claims],
                  f"config {configs[0]}" if len(configs) == 1 else f"configs {configs}", claims[0].last_epoch + 1,
                  max(c.attempt for c in claims))
+        xla_cache.sync()  # others' programs in; nothing of this process compiles between packs
         if claims[0].train.get("program"):  # claimed alone: a process of its own
             from worker.programs import ProgramRunner
 
             ProgramRunner(self.engine, self.settings, claims[0], self.catalog, self.shutdown, claimed_at).run()
         else:
             PackRunner(self.engine, self.settings, claims, factory, self.shutdown, claimed_at).run()
+        xla_cache.sync()  # this pack's compiles out, for the other workers
         for sweep_id in sorted({c.sweep_id for c in claims}):  # a pack may hold runs of several sweeps
             self._plan(sweep_id)
         return True

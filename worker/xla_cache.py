@@ -1,26 +1,41 @@
-"""Broken entries of TensorFlow's persistent XLA compilation cache, found and removed.
+"""TensorFlow's persistent XLA compilation cache, shared by workers without a torn read.
 
 TensorFlow writes an entry (tensorflow/compiler/jit/xla_compilation_cache.proto's
 XlaSerializedCacheEntry: key = 1, hlo_module = 2, executable = 3, each length-delimited) straight
-into its file, not through a temporary one. A worker killed mid-write, or a disk that fills up,
-leaves a truncated file, and TensorFlow then fails every later compile of that program in every
-process that shares the folder ("OutOfRangeError: Read less bytes than requested"; a failed load is
-remembered for the process's life, so it cannot be retried in place). Each worker therefore checks
-the folder when it starts and removes what is not a whole entry (drop_broken_entries): the program
-is compiled again and rewritten.
+into its file, not through a temporary one (device_executable_persistor.h: WriteBinaryProto on the
+final path, overwriting). A process that reads the file while another is still writing it, or one
+a worker killed mid-write or a full disk left truncated, fails that program ("OutOfRangeError: Read
+less bytes than requested"), and TensorFlow remembers a failed load for the process's life, so it
+cannot be retried in place: every later pack of that shape in the worker would fail.
+
+So TensorFlow never reads the shared folder. Each worker process gets a folder of its own inside it
+(CacheFolder.own) and TensorFlow reads and writes only there. Whole entries cross between the two
+by hard links (a copy where links are not supported), which appear at once with all their bytes:
+`sync` publishes the entries this process compiled (link to a temporary name, then rename) and
+takes in those others published, checking each is whole (complete_entry) first. The worker syncs
+before and after each pack, never while one of its packs compiles. Entries already broken in the
+shared folder (an older version's, or written by a TensorFlow configured by hand) are removed when
+a worker starts (drop_broken_entries), as are own folders of workers that are gone.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
+import shutil
+import socket
+import time
+import uuid
 from pathlib import Path
 from typing import BinaryIO
 
 log = logging.getLogger("sweeplab.worker")
 
 ENTRY_FIELDS = {1, 2, 3}  # key, hlo_module, executable
+OWN_FOLDERS = ".workers"  # inside the shared folder: one folder per worker process
+STALE_SECONDS = 7 * 24 * 3600  # another host's own folder untouched this long is a dead worker's
 
 
 def _varint(f: BinaryIO) -> int:
@@ -79,3 +94,112 @@ def drop_broken_entries(folder: Path) -> list[str]:
         log.warning("removed %d broken XLA cache entr%s from %s (written by a process that died, or on a "
                     "full disk): %s", len(removed), "y" if len(removed) == 1 else "ies", folder, ", ".join(removed))
     return removed
+
+
+def _whole_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return _complete(f, os.fstat(f.fileno()).st_size)
+    except OSError:
+        return False
+
+
+def _place(source: Path, target: Path) -> bool:
+    """SOURCE's bytes at TARGET, all at once (a hard link, else a copy renamed into place), unless
+    TARGET exists; whether it was placed."""
+    if target.exists():
+        return False
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:  # links not supported here (or across these folders): a copy, then the rename
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)  # atomic: readers see no file or the whole one
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class CacheFolder:
+    """The shared folder (SHARED) and this process's own inside it (own), where TensorFlow reads and
+    writes; `sync` moves whole entries between them."""
+
+    def __init__(self, shared: Path):
+        self.shared = shared
+        self.host = socket.gethostname()
+        self.own = shared / OWN_FOLDERS / f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def open(self) -> Path:
+        """Make the own folder, with every whole entry the shared folder has; its path."""
+        self.shared.mkdir(parents=True, exist_ok=True)
+        drop_broken_entries(self.shared)
+        self._drop_stale_own_folders()
+        self.own.mkdir(parents=True)
+        self.sync()
+        return self.own
+
+    def sync(self) -> tuple[int, int]:
+        """Publish the whole entries compiled here that the shared folder lacks, then take in those
+        it has and the own folder lacks; how many each way. Failures are logged, never raised: a
+        missed entry is only a compile more."""
+        published = taken = 0
+        try:
+            for path in sorted(self.own.glob("*.pb")):
+                if not (self.shared / path.name).exists() and _whole_file(path):
+                    published += _place(path, self.shared / path.name)
+            for path in sorted(self.shared.glob("*.pb")):
+                if not (self.own / path.name).exists() and _whole_file(path):
+                    taken += _place(path, self.own / path.name)
+        except OSError as exc:
+            log.warning("XLA cache: syncing %s with %s: %s", self.own, self.shared, exc)
+        return published, taken
+
+    def close(self) -> None:
+        """Publish what is left, then remove the own folder."""
+        self.sync()
+        shutil.rmtree(self.own, ignore_errors=True)
+
+    def _drop_stale_own_folders(self) -> None:
+        """Own folders of this host's processes that are gone, and any untouched for STALE_SECONDS
+        (a worker SIGKILLed leaves its folder; what it had not published is compiled again)."""
+        for folder in (self.shared / OWN_FOLDERS).glob("*"):
+            host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else -1
+            try:
+                stale = (host == self.host and not _alive(pid)) or time.time() - folder.stat().st_mtime > STALE_SECONDS
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+_current: CacheFolder | None = None
+
+
+def open_cache(shared: Path) -> Path:
+    """This process's own folder of SHARED (CacheFolder.open), removed at exit after a last sync;
+    the folder TensorFlow is to use."""
+    global _current
+    folder = CacheFolder(shared)
+    own = folder.open()
+    if _current is None:
+        atexit.register(lambda: _current.close() if _current is not None else None)
+    _current = folder
+    return own
+
+
+def sync() -> None:
+    """This process's CacheFolder.sync, if it has one (open_cache)."""
+    if _current is not None:
+        _current.sync()
