@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.listed_values import check_listed_values
-from app.metrics import PRIMARY_KEY
+from app.metrics import KEY_CHARS, PRIMARY_KEY
 from app.text import encodable, not_blank
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _metric_key(value: str) -> str:
     return not_blank(value) or ""
 
 
-MetricKey = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_metric_key)]
+MetricKey = Annotated[str, Field(min_length=1, max_length=KEY_CHARS), AfterValidator(_metric_key)]
 
 
 class _Strict(BaseModel):

@@ -33,6 +33,8 @@ VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
 EPOCH_SECONDS = "epoch_seconds"
 
+KEY_CHARS = 250  # the longest metric key stored: MLflow's limit on a key (MAX_ENTITY_KEY_LENGTH)
+
 # The order here is the order of charts and legends on every page.
 CATALOGUE: tuple[MetricInfo, ...] = (
     MetricInfo(LOSS, "training loss", "loss", True, "number", False, "train loss"),

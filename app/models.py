@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import db_now
+from app.metrics import KEY_CHARS
 from app.statuses import RunStatus as RunStatus  # spelled there (stdlib only: the client reads it too)
 
 NAMING_CONVENTION = {
@@ -165,7 +166,7 @@ class Metric(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(KEY_CHARS))
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, default=db_now())
@@ -222,7 +223,7 @@ class CurveStat(Base):
     __tablename__ = "curve_stats"
 
     config_id: Mapped[int] = mapped_column(ForeignKey("configs.id", ondelete="CASCADE"), primary_key=True)
-    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(KEY_CHARS), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     n: Mapped[int] = mapped_column(Integer)  # finite values
     mean: Mapped[float | None] = mapped_column(Float)
@@ -240,7 +241,7 @@ class RunFinal(Base):
     __tablename__ = "run_finals"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(KEY_CHARS), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float | None] = mapped_column(Float)
     best: Mapped[float | None] = mapped_column(Float)

@@ -9,9 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.metrics import KEY_CHARS
+
 MAX_EPOCH = 100_000
 MAX_KEYS_PER_EPOCH = 64
-MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
 # JSON has no NaN or infinity: a client names them (the spellings of JavaScript and Python's float()).
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.metrics import keras_key
+from app.metrics import KEY_CHARS, keras_key
 from app.statuses import ExternalEnding, RunStatus
 
 EVENT_MARK = "tfevents"
@@ -144,7 +144,7 @@ def read_run(run: RunDir) -> ReadRun:
         for tag, points in scalars.items():
             if tag.startswith(SKIPPED_PREFIXES) or tag.endswith(SKIPPED_SUFFIXES):
                 continue
-            key = keras_key(tag, validation)[:100]
+            key = keras_key(tag, validation)[:KEY_CHARS]
             for step, value in points:
                 epochs.setdefault(step + 1, {})[key] = value
     return ReadRun(run, dict(sorted(epochs.items())), hparams)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from app.api.deps import EngineDep, SettingsDep
-from app.metrics import CURVE_KEYS, PRIMARY_KEY
+from app.metrics import CURVE_KEYS, KEY_CHARS, PRIMARY_KEY
 from app.services import charts, dataset_views, parcoords, results, search_progress
 from app.services.charts import parse_ids
 from app.spec import StoredText
@@ -50,7 +50,7 @@ def read_sweep_table(sweep_id: int, engine: EngineDep) -> Response:
 
 @router.get("/sweeps/{sweep_id}/parcoords")
 def read_sweep_parcoords(sweep_id: int, engine: EngineDep,
-                         metric: StoredText = Query(PRIMARY_KEY, min_length=1, max_length=100,
+                         metric: StoredText = Query(PRIMARY_KEY, min_length=1, max_length=KEY_CHARS,
                                                     description="the metric key")) -> dict[str, Any]:
     """Parallel coordinates of the configs with a succeeded run: one axis per varying setting, then
     the mean final METRIC (also the colour), Plotly-ready."""
@@ -59,7 +59,7 @@ def read_sweep_parcoords(sweep_id: int, engine: EngineDep,
 
 @router.get("/sweeps/{sweep_id}/search-progress")
 def read_search_progress(sweep_id: int, engine: EngineDep,
-                         metric: StoredText | None = Query(None, min_length=1, max_length=100,
+                         metric: StoredText | None = Query(None, min_length=1, max_length=KEY_CHARS,
                                                            description="the metric key; default the race's, "
                                                                        "the pruner's, then the primary metric")
                          ) -> dict[str, Any]:

@@ -9,19 +9,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep
-from app.metrics import PRIMARY_KEY
+from app.metrics import KEY_CHARS, PRIMARY_KEY
 from app.services import decisions, importance, verdicts
 from app.services.charts import parse_ids
 from app.spec import StoredText
 
 router = APIRouter(prefix="/api", tags=["statistics"])
 
-MetricQuery = Annotated[StoredText, Query(min_length=1, max_length=100,
+MetricQuery = Annotated[StoredText, Query(min_length=1, max_length=KEY_CHARS,
                                           description=f"the metric key, e.g. {PRIMARY_KEY} or val_loss")]
 DetectQuery = Annotated[float | None, Query(gt=0, allow_inf_nan=False,
                                             description="a difference (in the metric's units, e.g. 0.005 for half "
                                                         "a point of accuracy) to say how many replicates detect")]
-BestByQuery = Annotated[StoredText | None, Query(min_length=1, max_length=100,
+BestByQuery = Annotated[StoredText | None, Query(min_length=1, max_length=KEY_CHARS,
                                                  description=f"the metric the best config is ranked by "
                                                              f"(default {PRIMARY_KEY}, when the configs report it)")]
 

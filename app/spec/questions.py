@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from app.metrics import KEY_CHARS
 from app.spec.stored_text import StoredText
 from app.spec.strict import _Strict
 from app.text import not_blank
@@ -23,7 +24,7 @@ class Question(_Strict):
 
     ask: StoredText = Field(min_length=1, max_length=300)
     compare: list[SweepName] = Field(min_length=1, max_length=MAX_QUESTION_SWEEPS)
-    metric: StoredText | None = Field(default=None, min_length=1, max_length=100,
+    metric: StoredText | None = Field(default=None, min_length=1, max_length=KEY_CHARS,
                                       description="a metric key; default the primary metric")
 
     @field_validator("ask", "metric")

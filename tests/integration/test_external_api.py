@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from app.config import Settings
 from app.errors import InvalidSpec
 from app.main import create_app
+from app.metrics import KEY_CHARS
 from app.services import external as external_service
 from tests.factories import get_run, make_sweep, metric_rows, runs_of
 
@@ -80,7 +81,7 @@ def test_epochs_are_idempotent(api: TestClient, engine: Engine) -> None:
 @pytest.mark.parametrize("body", [
     {"epoch": -1, "metrics": {"loss": 1.0}},
     {"epoch": 100_001, "metrics": {"loss": 1.0}},
-    {"epoch": 1, "metrics": {"x" * 101: 1.0}},
+    {"epoch": 1, "metrics": {"x" * (KEY_CHARS + 1): 1.0}},
     {"epoch": 1, "metrics": {"": 1.0}},
     {"epoch": 1, "metrics": {"bad\nkey": 1.0}},
     {"epoch": 1, "metrics": {f"k{i}": 1.0 for i in range(65)}},

@@ -202,3 +202,51 @@ def test_0005_and_0006_give_queued_configs_and_runs_their_pack_key(settings: Set
         assert run_keys == {1: pack_key(trains[0]), 2: pack_key(trains[0]), 3: None}
     finally:
         engine.dispose()
+
+
+def test_0008_widens_metric_keys_and_keeps_rows_and_triggers(settings: Settings) -> None:
+    """A database of revision 0007 with a run's metrics (and the aggregates its triggers keep):
+    after 0008 a key of KEY_CHARS characters is stored (PostgreSQL refused it before: VARCHAR(100)),
+    the old rows are all there, and the triggers of 0002 and 0007 still stamp and aggregate."""
+    from alembic import command
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import make_engine
+    from app.metrics import KEY_CHARS
+    from app.migrate import alembic_config
+
+    url = settings.database_url
+    command.upgrade(alembic_config(url), "0007")
+    engine = make_engine(url)
+    long_key = "k" * KEY_CHARS
+    insert_metric = text("INSERT INTO metrics (run_id, key, epoch, value, created_at) VALUES (1, :key, :epoch, 0.5, 0)")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sweeps (id, kind, name, dataset, spec, run_count, created_at) VALUES "
+                              "(1, 'external', 'nb', 'external', '{}', 1, 0)"))
+            conn.execute(text("INSERT INTO configs (id, sweep_id, position, key, label, params, train) "
+                              "VALUES (1, 1, 0, 'k', 'base', '{}', '{}')"))
+            conn.execute(text("INSERT INTO runs (id, sweep_id, config_id, seed, status, source, attempt, max_attempts,"
+                              " epochs, last_epoch, cancel_requested, created_at, train_seconds) VALUES "
+                              "(1, 1, 1, 0, 'running', 'external', 0, 1, 3, 0, false, 0, 0)"))
+            for epoch in (1, 2):
+                conn.execute(insert_metric, {"key": "loss", "epoch": epoch})
+        if engine.dialect.name == "postgresql":
+            with pytest.raises(DBAPIError, match="too long"), engine.begin() as conn:
+                conn.execute(insert_metric, {"key": long_key, "epoch": 1})
+        migrate(url)
+        with engine.begin() as conn:
+            conn.execute(insert_metric, {"key": long_key, "epoch": 1})
+            conn.execute(insert_metric, {"key": long_key, "epoch": 2})
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT key, epoch, seq > 0 FROM metrics ORDER BY id")).all()
+            cells = conn.execute(text("SELECT key, epoch, n FROM curve_stats ORDER BY key, epoch")).all()
+            finals = conn.execute(text("SELECT key, epoch FROM run_finals ORDER BY key")).all()
+            if engine.dialect.name == "sqlite":
+                assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+        assert [(k, e) for k, e, _ in rows] == [("loss", 1), ("loss", 2), (long_key, 1), (long_key, 2)]
+        assert all(stamped for _, _, stamped in rows)  # 0002's sequence triggers
+        assert cells == [(long_key, 1, 1), (long_key, 2, 1), ("loss", 1, 1), ("loss", 2, 1)]  # 0007's
+        assert finals == [(long_key, 2), ("loss", 2)]
+    finally:
+        engine.dispose()

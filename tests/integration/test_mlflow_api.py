@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from app.config import Settings
 from app.db import read_session
 from app.main import create_app
+from app.metrics import KEY_CHARS
 from app.models import Config, Run
 from app.services import external as external_service
 from app.services import mlflow_experiments, mlflow_runs
@@ -204,6 +205,18 @@ def test_steps_are_epochs_stored_once_and_retries_store_nothing(api: TestClient,
     assert "sweeplab.stepless" not in {t["key"] for t in run_of(api, run_id)["data"]["tags"]}
 
 
+def test_metric_keys_as_long_as_mlflow_allows_are_stored(api: TestClient, engine: Engine) -> None:
+    """MLflow takes keys of up to 250 characters (KEY_CHARS); one character more is refused."""
+    run_id = new_run(api, experiment(api))
+    key = "a/" + "k" * (KEY_CHARS - 2)
+    ok(log(api, run_id, metrics=[{"key": key, "value": 0.25, "step": 1}]))
+    ok(api.post(f"{API}/runs/log-metric", json={"run_id": run_id, "key": key, "value": 0.5, "step": 2}))
+    assert [r for r in metric_rows(engine, int(run_id)) if r[0] == key] == [(key, 1, 0.25), (key, 2, 0.5)]
+    history = ok(api.get(f"{API}/metrics/get-history", params={"run_id": run_id, "metric_key": key}))["metrics"]
+    assert [(m["key"], m["step"], m["value"]) for m in history] == [(key, 1, 0.25), (key, 2, 0.5)]
+    refused(log(api, run_id, metrics=[{"key": key + "k", "value": 1.0, "step": 3}]), 400, "INVALID_PARAMETER_VALUE")
+
+
 def test_keras_names_are_the_catalogues(api: TestClient, engine: Engine) -> None:
     run_id = new_run(api, experiment(api))
     ok(log(api, run_id, metrics=[{"key": k, "value": 1.0, "step": 1} for k in
@@ -348,7 +361,7 @@ BAD = [
      400, "INVALID_PARAMETER_VALUE"),
     ("step past the last epoch", "POST", "/runs/log-metric",
      {"run_id": "{run}", "key": "loss", "value": 1.0, "step": 100_001}, 400, "INVALID_PARAMETER_VALUE"),
-    ("metric key too long", "POST", "/runs/log-metric", {"run_id": "{run}", "key": "k" * 101, "value": 1.0},
+    ("metric key too long", "POST", "/runs/log-metric", {"run_id": "{run}", "key": "k" * (KEY_CHARS + 1), "value": 1.0},
      400, "INVALID_PARAMETER_VALUE"),
     ("metric key with a newline", "POST", "/runs/log-metric", {"run_id": "{run}", "key": "a\nb", "value": 1.0},
      400, "INVALID_PARAMETER_VALUE"),

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
+from app.metrics import KEY_CHARS
 from app.services import charts
 from app.services.parcoords import NOT_SET, parcoords
 from tests.integration.test_charts_api import seed_sweep, study_curve
@@ -100,7 +101,7 @@ def test_an_external_sweep_varies_by_its_config_keys(client: TestClient) -> None
 def test_unknown_sweep_and_a_sweep_with_nothing_succeeded(client: TestClient, engine: Engine) -> None:
     missing = client.get("/api/sweeps/999999/parcoords")
     assert missing.status_code == 404 and missing.json()["error"]["code"]
-    assert client.get("/api/sweeps/1/parcoords", params={"metric": "x" * 101}).status_code == 422
+    assert client.get("/api/sweeps/1/parcoords", params={"metric": "x" * (KEY_CHARS + 1)}).status_code == 422
     sweep = seed_sweep(engine, GRID, upto=lambda pos, seed: 1)
     body = client.get(f"/api/sweeps/{sweep.id}/parcoords").json()
     assert body["config_ids"] == [] and body["color"] == [] and body["configs"] == 6

@@ -19,6 +19,7 @@ from statsmodels.stats.multitest import multipletests
 
 from app.config import Settings
 from app.main import create_app
+from app.metrics import KEY_CHARS
 from app.services import charts
 from app.services.runs import list_runs
 from tests.integration.test_charts_api import seed_sweep, study_curve
@@ -110,7 +111,7 @@ def test_unknown_sweep_and_bad_parameters(client: TestClient, widths: int) -> No
     for params, loc in [({"detect": 0}, "query.detect"), ({"detect": -1}, "query.detect"),
                         ({"detect": "nan"}, "query.detect"), ({"detect": "inf"}, "query.detect"),
                         ({"detect": "x"}, "query.detect"), ({"metric": ""}, "query.metric"),
-                        ({"metric": "a\x00b"}, "query.metric"), ({"metric": "k" * 101}, "query.metric"),
+                        ({"metric": "a\x00b"}, "query.metric"), ({"metric": "k" * (KEY_CHARS + 1)}, "query.metric"),
                         ({"best_by": ""}, "query.best_by")]:
         r = client.get(f"/api/sweeps/{widths}/verdicts", params=params)
         assert r.status_code == 422, (params, r.text)

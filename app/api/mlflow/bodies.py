@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from app.errors import InvalidSpec
+from app.metrics import KEY_CHARS
 from app.services import mlflow_runs as service
 from app.services.mlflow_search import MAX_RESULTS
 from app.text import first_unencodable
@@ -36,7 +37,7 @@ MAX_TAG_CHARS = 8000
 
 Printable = r"^[^\x00-\x1f\x7f]+$"
 Key = Annotated[str, StringConstraints(min_length=1, max_length=250, pattern=Printable)]
-MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=Printable)]
+MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARS, pattern=Printable)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TAG_CHARS)]
 NON_FINITE = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "-infinity": -math.inf, "-inf": -math.inf}
 
