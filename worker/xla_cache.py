@@ -155,6 +155,8 @@ class CacheFolder:
         missed entry is only a compile more."""
         published = taken = 0
         try:
+            self.own.mkdir(parents=True, exist_ok=True)  # removed by hand, or as stale by mistake
+            os.utime(self.own)  # a live worker's folder is never STALE_SECONDS old
             for path in sorted(self.own.glob("*.pb")):
                 if not (self.shared / path.name).exists() and _whole_file(path):
                     published += _place(path, self.shared / path.name)

@@ -123,6 +123,11 @@ def test_sync_moves_only_whole_entries_and_never_overwrites(tmp_path: Path) -> N
     assert not [p for p in tmp_path.rglob("*.tmp")]
     first.close()
     assert not first.own.exists() and second.own.exists()
+    old = 8 * 24 * 3600
+    os.utime(second.own, (second.own.stat().st_atime - old, second.own.stat().st_mtime - old))
+    second.sync()  # a sync marks the folder as a live worker's
+    CacheFolder(tmp_path).open()
+    assert second.own.is_dir()
 
 
 def test_own_folders_of_gone_workers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
