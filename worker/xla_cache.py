@@ -179,7 +179,8 @@ class CacheFolder:
             host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else -1
             try:
-                stale = (host == self.host and not _alive(pid)) or time.time() - folder.stat().st_mtime > STALE_SECONDS
+                gone = host == self.host and pid > 0 and not _alive(pid)  # (os.kill(-1 or 0) is not one process)
+                stale = gone or time.time() - folder.stat().st_mtime > STALE_SECONDS
             except OSError:
                 continue
             if stale:
