@@ -13,6 +13,7 @@ import yaml
 
 from app.adaptive_spec import AdaptiveReplicates
 from app.errors import InvalidSpec
+from app.metrics import KEY_CHARS
 from app.services.search import random_params, startup_trials
 from app.services.sweeps import parse_spec
 from app.spec import MAX_RUNS_PER_SWEEP, SweepSpec
@@ -115,7 +116,7 @@ def test_grid_specs_keep_their_meaning_and_stored_shape() -> None:
     ({"prune": {"method": "hyperband"}}, "prune.method", "'ci', 'median' or 'asha'"),
     ({"prune": {"min_epochs": 0}}, "prune.min_epochs", "greater than or equal to 1"),
     ({"prune": {"min_epochs": 10}, "epochs": 10}, "prune", "must be below the sweep's epochs"),
-    ({"prune": {"metric": "x" * 101}}, "prune.metric", "at most 100"),
+    ({"prune": {"metric": "x" * (KEY_CHARS + 1)}}, "prune.metric", f"at most {KEY_CHARS}"),
 ])
 def test_bad_combinations_name_their_field(data: dict[str, Any], loc: str, words: str) -> None:
     field = refused(**data)
