@@ -119,12 +119,25 @@ export function epochTicks(traces) {
   return last <= 10 ? { tick0: 0, dtick: 1 } : {};
 }
 
-// Titles are plain text (escaped here); extra.xaxis / extra.yaxis titles must come escaped.
+// Text past N characters keeps its start and its end around an ellipsis (by code points, so no
+// character is cut in two). Plotly wraps no title, and one built from a long metric key (up to
+// 250 characters) or sweep name ran off its chart.
+export function clip(value, n) {
+  const chars = Array.from(String(value ?? ""));
+  if (chars.length <= n) return chars.join("");
+  const head = Math.ceil((n - 1) * 0.6);
+  return `${chars.slice(0, head).join("")}…${chars.slice(chars.length - (n - 1 - head)).join("")}`;
+}
+const TITLE_CHARS = 72; // a chart's title; its axis titles: X_TITLE_CHARS, Y_TITLE_CHARS (the report's
+// charts clip theirs alike: app/services/report_figures.py)
+const X_TITLE_CHARS = 60, Y_TITLE_CHARS = 36;
+
+// Titles are plain text (clipped and escaped here); extra.xaxis / extra.yaxis titles must come escaped.
 export function layout(title, xTitle, yTitle, extra = {}) {
   return {
-    title: { text: chartText(title), font: { size: 15 } },
-    xaxis: { title: { text: chartText(xTitle) }, zeroline: false, ...(extra.xaxis || {}) },
-    yaxis: { title: { text: chartText(yTitle) }, zeroline: false, ...(extra.yaxis || {}) },
+    title: { text: chartText(clip(title, TITLE_CHARS)), font: { size: 15 } },
+    xaxis: { title: { text: chartText(clip(xTitle, X_TITLE_CHARS)) }, zeroline: false, ...(extra.xaxis || {}) },
+    yaxis: { title: { text: chartText(clip(yTitle, Y_TITLE_CHARS)) }, zeroline: false, ...(extra.yaxis || {}) },
     legend: { title: { text: chartText(extra.legendTitle || "config") }, ...(extra.legend || {}) },
     margin: { t: 44, r: 16, b: 52, l: 64 },
     hovermode: "closest",

@@ -31,6 +31,18 @@ def chart_text(value: object) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+TITLE_CHARS, X_TITLE_CHARS, Y_TITLE_CHARS = 72, 60, 36  # as static/common.js's layout clips its titles
+
+
+def clip(text: str, n: int) -> str:
+    """TEXT past N characters as its start and end around an ellipsis, as static/common.js's clip
+    does: Plotly wraps no title, and one built from a long metric key ran off its chart."""
+    if len(text) <= n:
+        return text
+    head = math.ceil((n - 1) * 0.6)
+    return f"{text[:head]}…{text[len(text) - (n - 1 - head):]}"
+
+
 def colour(index: int) -> str:
     return COLOURS[index % len(COLOURS)]
 
@@ -41,11 +53,11 @@ def fade(hex_colour: str, alpha: float) -> str:
 
 
 def layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
-    """A chart's layout; every title given here is escaped (extra's must come escaped)."""
-    xaxis = {"title": {"text": chart_text(x_title)}, "zeroline": False, **extra.pop("xaxis", {})}
-    yaxis = {"title": {"text": chart_text(y_title)}, "zeroline": False, **extra.pop("yaxis", {})}
-    return {"title": {"text": chart_text(title), "font": {"size": 14}}, "xaxis": xaxis, "yaxis": yaxis,
-            "font": FONT, "margin": {"t": 40, "r": 16, "b": 52, "l": 64}, "height": 340,
+    """A chart's layout; every title given here is clipped and escaped (extra's must come escaped)."""
+    xaxis = {"title": {"text": chart_text(clip(x_title, X_TITLE_CHARS))}, "zeroline": False, **extra.pop("xaxis", {})}
+    yaxis = {"title": {"text": chart_text(clip(y_title, Y_TITLE_CHARS))}, "zeroline": False, **extra.pop("yaxis", {})}
+    return {"title": {"text": chart_text(clip(title, TITLE_CHARS)), "font": {"size": 14}}, "xaxis": xaxis,
+            "yaxis": yaxis, "font": FONT, "margin": {"t": 40, "r": 16, "b": 52, "l": 64}, "height": 340,
             "hovermode": "closest", "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff", **extra}
 
 

@@ -158,3 +158,35 @@ def test_progress_bars_follow_the_catalogue_order(page: Page, engine: Engine) ->
         text = p.locator(f"{bar} + .progress-text").inner_text()
         assert [part.split()[-1] for part in text.split(", ")] == drawn, text
     assert page.errors == []
+
+
+INSIDE = """(id) => {
+  const box = document.getElementById(id).getBoundingClientRect();
+  return [...document.querySelectorAll(`#${CSS.escape(id)} .gtitle, #${CSS.escape(id)} .ytitle`)].map((t) => {
+    const r = t.getBoundingClientRect();
+    return { text: t.textContent, inside: r.left >= box.left - 1 && r.right <= box.right + 1
+             && r.top >= box.top - 1 && r.bottom <= box.bottom + 1 };
+  });
+}"""
+
+
+@in_browser
+def test_a_key_as_long_as_allowed_keeps_its_titles_inside_its_chart(page: Page,  # noqa: F811
+                                                                    live_server: LiveServer) -> None:
+    """Plotly wraps no title: one built from a KEY_CHARS-long key ran off its chart on both sides.
+    Titles now keep the key's start and end around an ellipsis."""
+    key = "val_" + "a_long_part_" * 30
+    key = key[:metrics.KEY_CHARS - 3] + "end"
+    with httpx.Client(base_url=live_server.url) as client:
+        run = client.post("/api/external/runs", json={"sweep": "long keys", "config": {}, "seed": 0,
+                                                      "epochs": 2}).json()
+        for epoch in (1, 2):
+            assert client.post(f"/api/runs/{run['id']}/epochs",
+                               json={"epoch": epoch, "metrics": {key: epoch / 10}}).status_code == 200
+    p = page.open(f"/sweeps/{run['sweep_id']}")
+    assert key in p.evaluate(CHART_KEYS)
+    titles = p.evaluate(INSIDE, f"curve-{key}")
+    assert len(titles) == 2 and all(t["inside"] for t in titles), titles
+    starts = (metrics.describe(key).title[:10], metrics.describe(key).axis[:10])  # the chart's title, its y axis'
+    assert all("…" in t["text"] and t["text"].startswith(starts) and t["text"].endswith("end") for t in titles), titles
+    assert page.errors == []

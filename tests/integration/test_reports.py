@@ -323,6 +323,22 @@ def test_study_report_has_every_sweep_and_the_questions_answered(api: TestClient
 
 # ---- LaTeX ----------------------------------------------------------------------------------------
 
+def test_chart_titles_are_clipped_as_the_pages_clip_them() -> None:
+    """Plotly wraps no title: a KEY_CHARS-long metric key keeps its start and end, whole
+    characters only, and a short title stays as it is (static/common.js's clip, tested in Chromium
+    by tests/e2e/test_vocabulary.py)."""
+    from app.metrics import KEY_CHARS
+    from app.services.report_figures import TITLE_CHARS, Y_TITLE_CHARS, clip, layout
+
+    key = "val_" + "x" * (KEY_CHARS - 7) + "end"
+    shown = layout(f"final {key}", "epoch", key)
+    title, y_title = shown["title"]["text"], shown["yaxis"]["title"]["text"]
+    assert len(title) == TITLE_CHARS and title.startswith("final val_x") and title.endswith("end") and "…" in title
+    assert len(y_title) == Y_TITLE_CHARS and y_title.startswith("val_") and y_title.endswith("end")
+    assert layout("loss", "epoch", "loss")["title"]["text"] == "loss"
+    assert clip("αβγδεζηθικ", 5) == "αβγ…κ"
+
+
 def test_latex_escape_covers_every_special_character() -> None:
     assert latex_escape(r"a&b%c$d#e_f{g}h~i^j\k") == \
         r"a\&b\%c\$d\#e\_f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
