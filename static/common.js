@@ -128,9 +128,9 @@ export function clip(value, n) {
   const head = Math.ceil((n - 1) * 0.6);
   return `${chars.slice(0, head).join("")}…${chars.slice(chars.length - (n - 1 - head)).join("")}`;
 }
-const TITLE_CHARS = 72; // a chart's title; its axis titles: X_TITLE_CHARS, Y_TITLE_CHARS (the report's
-// charts clip theirs alike: app/services/report_figures.py)
-const X_TITLE_CHARS = 60, Y_TITLE_CHARS = 36;
+// A chart's title, its axis titles and its legend's names at most (the report's charts clip
+// theirs alike: app/services/report_figures.py). Charts drawn without layout() clip with these.
+export const TITLE_CHARS = 72, X_TITLE_CHARS = 60, Y_TITLE_CHARS = 36, NAME_CHARS = 60;
 
 // Titles are plain text (clipped and escaped here); extra.xaxis / extra.yaxis titles must come escaped.
 export function layout(title, xTitle, yTitle, extra = {}) {

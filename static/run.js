@@ -2,7 +2,7 @@
 // accuracy first), the confusion matrix, and the first test images with the network's outputs before
 // and after training. Live while it trains.
 import {
-  PLOT_CONFIG, api, chartText, clearEmpty, el, epochTicks, isFinal, markReady, metric, openStream, orderKeys, plotlyReady, post,
+  NAME_CHARS, PLOT_CONFIG, TITLE_CHARS, Y_TITLE_CHARS, api, chartText, clearEmpty, clip, el, epochTicks, isFinal, markReady, metric, openStream, orderKeys, plotlyReady, post,
   showEmpty, statusInfo, statusLabel, throttle,
 } from "/static/common.js";
 import { imageAxes, imageTrace } from "/static/images.js";
@@ -43,19 +43,19 @@ function drawPair(holder, pair) {
   pair.forEach((group, side) => {
     const { color, axis } = SIDES[side];
     group.keys.forEach((key, i) => traces.push({
-      type: "scatter", mode: "lines+markers", name: chartText(metric(key).title), yaxis: axis,
+      type: "scatter", mode: "lines+markers", name: chartText(clip(metric(key).title, NAME_CHARS)), yaxis: axis,
       x: series[key].epochs, y: series[key].values, line: { color, dash: DASHES[i % DASHES.length], width: 2 },
       marker: { size: 5 },
     }));
     const percent = group.keys.every((k) => metric(k).format === "percent");
     lay[side ? "yaxis2" : "yaxis"] = {
-      title: { text: chartText(group.axis) }, color, ...(percent ? { range: [0, 1.02] } : {}),
+      title: { text: chartText(clip(group.axis, Y_TITLE_CHARS)) }, color, ...(percent ? { range: [0, 1.02] } : {}),
       ...(side ? { overlaying: "y", side: "right", tickmode: "auto", nticks: 6, showgrid: false, zeroline: false } : {}),
     };
   });
   clearEmpty(holder);
   return Plotly.react(holder, traces, {
-    title: { text: chartText(`${pair.map((g) => g.axis).join(" and ")} per epoch`), font: { size: 15 } },
+    title: { text: chartText(clip(`${pair.map((g) => g.axis).join(" and ")} per epoch`, TITLE_CHARS)), font: { size: 15 } },
     xaxis: { title: { text: "epoch" }, ...epochTicks(traces) }, ...lay,
     legend: { title: { text: "series" }, orientation: "h", y: -0.2 }, margin: { t: 44, r: 60, b: 40, l: 64 },
     uirevision: "keep",

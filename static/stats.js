@@ -2,7 +2,7 @@
 // verdict cells and lists, the importance bar chart and the parallel coordinates. The numbers and
 // the sentences come from the server (app/services/verdicts.py, importance.py, parcoords.py); this
 // module only draws them. User text (config labels, setting names) reaches Plotly through chartText.
-import { PLOT_CONFIG, chartText, clearEmpty, el, layout, metric, showEmpty } from "/static/common.js";
+import { PLOT_CONFIG, TITLE_CHARS, Y_TITLE_CHARS, chartText, clearEmpty, clip, el, layout, metric, showEmpty } from "/static/common.js";
 
 // Differences of a percent metric (an accuracy held as a fraction) are written in points (x100).
 export const unitOf = (key) => (metric(key).format === "percent" ? { scale: 100, word: "points" } : { scale: 1, word: "" });
@@ -144,9 +144,9 @@ export function drawParcoords(holder, answer, waiting) {
     type: "parcoords", dimensions: dims, labelangle: 0, labelside: "top",
     labelfont: { size: 13 }, tickfont: { size: 12 }, rangefont: { size: 10, color: "#9ca3af" },
     line: { color: answer.color, colorscale: GOOD_SCALE, reversescale: answer.higher_is_better === false, showscale: true,
-      colorbar: { title: { text: chartText(answer.title), side: "right" }, thickness: 14, tickformat: percent } },
+      colorbar: { title: { text: chartText(clip(answer.title, Y_TITLE_CHARS)), side: "right" }, thickness: 14, tickformat: percent } },
   };
   const title = `${answer.config_ids.length} config${answer.config_ids.length === 1 ? "" : "s"}: settings and ${answer.title}`;
-  return Plotly.react(holder, [trace], { title: { text: chartText(title), font: { size: 15 } },
+  return Plotly.react(holder, [trace], { title: { text: chartText(clip(title, TITLE_CHARS)), font: { size: 15 } },
     margin: { t: 96, r: 110, b: 36, l: 90 } }, PLOT_CONFIG);
 }

@@ -4,9 +4,9 @@
 // epochs; the table and the statistics when run statuses change).
 import { MAX_SHOWN, addPoints, drawCurves, keysQuery } from "/static/bands.js";
 import {
-  FINALS, PLOT_CONFIG, PRIMARY, api, canCancel, canRetry, chartText, clearEmpty, colourFor, doneCount, drawProgress, el,
+  FINALS, PLOT_CONFIG, PRIMARY, X_TITLE_CHARS, api, canCancel, canRetry, chartText, clearEmpty, colourFor, doneCount, drawProgress, el,
   isFinal, layout, markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, showError, statusInfo, statusLabel,
-  throttle, waitingText,
+  throttle, waitingText, clip,
 } from "/static/common.js";
 import { drawImportance, drawParcoords, powerText, verdictsByConfig, wireDetectInput } from "/static/stats.js";
 import { drawConfigTable } from "/static/table.js";
@@ -128,11 +128,11 @@ const sameValue = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 function xAxisFor(axis) {
   const labels = axis.labels.map(chartText);
   if (axis.kind === "category") {
-    return { type: "category", categoryorder: "array", categoryarray: labels, title: { text: chartText(axis.title) } };
+    return { type: "category", categoryorder: "array", categoryarray: labels, title: { text: chartText(clip(axis.title, X_TITLE_CHARS)) } };
   }
   const scale = axis.kind === "log2" ? " — log₂ scale" : axis.kind === "log10" ? " — log scale" : "";
   return { type: axis.kind === "linear" ? "linear" : "log", tickvals: axis.x, ticktext: labels,
-    title: { text: chartText(axis.title + scale) } };
+    title: { text: chartText(clip(axis.title, X_TITLE_CHARS - scale.length) + scale) } };
 }
 
 function sweepTraces(which, axis, others) {
