@@ -153,19 +153,28 @@ class CacheFolder:
         """Publish the whole entries compiled here that the shared folder lacks, then take in those
         it has and the own folder lacks; how many each way. Failures are logged, never raised: a
         missed entry is only a compile more."""
-        published = taken = 0
+        moved = {"out": 0, "in": 0}
+        failed: list[str] = []
+
+        def cross(sources: Path, targets: Path, way: str) -> None:
+            for path in sorted(sources.glob("*.pb")):
+                try:
+                    if not (targets / path.name).exists() and _whole_file(path):
+                        moved[way] += _place(path, targets / path.name)
+                except OSError as exc:  # this entry only (a full disk, a vanished file): the rest go on
+                    failed.append(f"{path.name}: {exc}")
+
         try:
             self.own.mkdir(parents=True, exist_ok=True)  # removed by hand, or as stale by mistake
             os.utime(self.own)  # a live worker's folder is never STALE_SECONDS old
-            for path in sorted(self.own.glob("*.pb")):
-                if not (self.shared / path.name).exists() and _whole_file(path):
-                    published += _place(path, self.shared / path.name)
-            for path in sorted(self.shared.glob("*.pb")):
-                if not (self.own / path.name).exists() and _whole_file(path):
-                    taken += _place(path, self.own / path.name)
+            cross(self.own, self.shared, "out")
+            cross(self.shared, self.own, "in")
         except OSError as exc:
-            log.warning("XLA cache: syncing %s with %s: %s", self.own, self.shared, exc)
-        return published, taken
+            failed.append(str(exc))
+        if failed:
+            log.warning("XLA cache: syncing %s with %s: %d failed, first %s", self.own, self.shared, len(failed),
+                        failed[0])
+        return moved["out"], moved["in"]
 
     def close(self) -> None:
         """Publish what is left, then remove the own folder."""

@@ -130,6 +130,28 @@ def test_sync_moves_only_whole_entries_and_never_overwrites(tmp_path: Path) -> N
     assert second.own.is_dir()
 
 
+def test_an_entry_that_cannot_be_placed_does_not_stop_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from worker import xla_cache
+
+    whole = _field(1, b"k") + _field(2, b"h") + _field(3, b"x")
+    folder = xla_cache.CacheFolder(tmp_path)
+    folder.open()
+    for name in ("a.pb", "b.pb", "c.pb"):
+        (folder.own / name).write_bytes(whole)
+    placed = xla_cache._place
+
+    def disk_full_for_b(source: Path, target: Path) -> bool:
+        if source.name == "b.pb":
+            raise OSError(28, "No space left on device")
+        return placed(source, target)
+
+    monkeypatch.setattr(xla_cache, "_place", disk_full_for_b)
+    assert folder.sync() == (2, 0)
+    assert sorted(p.name for p in tmp_path.glob("*.pb")) == ["a.pb", "c.pb"]
+    assert "1 failed, first b.pb" in caplog.text
+
+
 def test_own_folders_of_gone_workers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     from worker.xla_cache import CacheFolder
 
