@@ -4,9 +4,9 @@
 // epochs; the table and the statistics when run statuses change).
 import { MAX_SHOWN, addPoints, drawCurves, keysQuery } from "/static/bands.js";
 import {
-  FINALS, PLOT_CONFIG, PRIMARY, X_TITLE_CHARS, api, canCancel, canRetry, chartText, clearEmpty, colourFor, doneCount, drawProgress, el,
+  FINALS, PLOT_CONFIG, PRIMARY, X_TITLE_CHARS, api, canCancel, canRetry, chartText, clearEmpty, clip, colourFor, doneCount, drawProgress, el,
   isFinal, layout, markReady, metric, openStream, orderKeys, plotlyReady, post, showEmpty, showError, statusInfo, statusLabel,
-  throttle, waitingText, clip,
+  throttle, waitingText,
 } from "/static/common.js";
 import { drawImportance, drawParcoords, powerText, verdictsByConfig, wireDetectInput } from "/static/stats.js";
 import { drawConfigTable } from "/static/table.js";

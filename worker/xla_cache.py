@@ -76,6 +76,13 @@ def complete_entry(data: bytes) -> bool:
     return _complete(io.BytesIO(data), len(data))
 
 
+def _whole(path: Path) -> bool:
+    """Whether the file at PATH is a whole serialized entry (_complete): a few bytes read, not its
+    megabytes. OSError when it cannot be read."""
+    with path.open("rb") as f:
+        return _complete(f, os.fstat(f.fileno()).st_size)
+
+
 def drop_broken_entries(folder: Path) -> list[str]:
     """Remove FOLDER's cache entries that are not whole (complete_entry); the names removed. A file
     another worker is writing right now may be removed too: that worker's program still runs, only
@@ -83,9 +90,7 @@ def drop_broken_entries(folder: Path) -> list[str]:
     removed = []
     for path in sorted(folder.glob("*.pb")):
         try:
-            with path.open("rb") as f:  # a few bytes read per entry, not its megabytes
-                whole = _complete(f, os.fstat(f.fileno()).st_size)
-            if not whole:
+            if not _whole(path):
                 path.unlink()
                 removed.append(path.name)
         except OSError as exc:  # gone already, or unreadable: leave it to TensorFlow
@@ -97,9 +102,9 @@ def drop_broken_entries(folder: Path) -> list[str]:
 
 
 def _whole_file(path: Path) -> bool:
+    """_whole, with an unreadable or vanished file taken as not whole."""
     try:
-        with path.open("rb") as f:
-            return _complete(f, os.fstat(f.fileno()).st_size)
+        return _whole(path)
     except OSError:
         return False
 
